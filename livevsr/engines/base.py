@@ -1,0 +1,33 @@
+"""The engine interface every upscaler implements, and the registry that picks one.
+
+Frames travel as ``av.VideoFrame`` in and out: the pipeline never touches pixels itself. Outputs come
+back in input order; an engine with lookahead returns fewer frames than it was given while warming
+up and the rest at ``flush()``. The worker pairs outputs with inputs first-in first-out, so per-frame
+telemetry and timestamps never pass through the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import av
+
+
+class Engine(Protocol):
+    name: str  # "bicubic", "flashvsr"
+    scale: int  # output size = scale x input size, exactly
+    chunk: int  # frames consumed per push (8 for flashvsr, 1 for bicubic)
+
+    def open(self, width: int, height: int, fps: float) -> None:
+        """Allocate per-stream state for this input geometry (called again after a resolution change)."""
+
+    def push(self, frames: list[av.VideoFrame]) -> list[av.VideoFrame]:
+        """Consume exactly ``chunk`` frames; return the upscaled frames now ready (may be empty)."""
+        ...
+
+    def flush(self) -> list[av.VideoFrame]:
+        """End of stream: return every frame still held (padding as the model needs)."""
+        ...
+
+    def close(self) -> None:
+        """Release per-stream state; the engine may be opened again."""
