@@ -62,7 +62,9 @@ class RTMPConfig:
         if self.max_message_bytes < 65536:
             raise ConfigError(f"{key}.max_message_bytes: expected >= 65536, got {self.max_message_bytes!r}")
         if self.max_connections_per_ip < 1:
-            raise ConfigError(f"{key}.max_connections_per_ip: must be >= 1, got {self.max_connections_per_ip!r}")
+            raise ConfigError(
+                f"{key}.max_connections_per_ip: must be >= 1, got {self.max_connections_per_ip!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,9 @@ class WebRTCConfig:
 
     def check(self, key: str) -> None:
         if self.max_viewers_per_stream < 1:
-            raise ConfigError(f"{key}.max_viewers_per_stream: must be >= 1, got {self.max_viewers_per_stream!r}")
+            raise ConfigError(
+                f"{key}.max_viewers_per_stream: must be >= 1, got {self.max_viewers_per_stream!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,9 @@ class FlashVSRConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"{key}.{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{key}.{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
         if not 0 < self.sparse_ratio <= 64:
             raise ConfigError(f"{key}.sparse_ratio: expected a number in (0, 64], got {self.sparse_ratio!r}")
         if self.local_range < 1:
@@ -132,7 +138,9 @@ class FlashVSRConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    name: str = "auto"  # auto (flashvsr if weights and a CUDA GPU are present, else bicubic) | bicubic | flashvsr
+    name: str = (
+        "auto"  # auto (flashvsr if weights and a CUDA GPU are present, else bicubic) | bicubic | flashvsr
+    )
     flashvsr: FlashVSRConfig = field(default_factory=FlashVSRConfig)
 
     def check(self, key: str) -> None:
@@ -159,6 +167,7 @@ class EncoderConfig:
     bitrate_bps: int = 12_000_000  # 1440p30 needs 12-20 Mb/s for a clean picture
     preset: str = "veryfast"  # libx264 preset; nvenc uses p1..p7 mapped from speed
     keyframe_interval_s: float = 2.0  # and a keyframe whenever a viewer joins
+    source_rendition: bool = True  # also encode the original (input size) for the viewer's compare mode
 
     def check(self, key: str) -> None:
         if self.codec not in ("auto", "libx264", "h264_nvenc"):
@@ -267,7 +276,7 @@ def _apply_env(data: dict, environ: typing.Mapping[str, str]) -> dict:
     for env_key, raw in environ.items():
         if not env_key.startswith("LIVEVSR__"):
             continue
-        path = [p.lower() for p in env_key[len("LIVEVSR__"):].split("__") if p]
+        path = [p.lower() for p in env_key[len("LIVEVSR__") :].split("__") if p]
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -293,7 +302,9 @@ def load_config(path: str | Path | None = None, environ: typing.Mapping[str, str
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}"
+            )
         data = loaded
     data = _apply_env(data, os.environ if environ is None else environ)
     config = _build(Config, data, "")

@@ -1,0 +1,113 @@
+"""The process: config in, RTMP ingest + stream manager + HTTP server running, until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from aiohttp import web
+
+from livevsr import __version__
+from livevsr.config import Config, split_host_port
+from livevsr.engines.registry import choose_engine
+from livevsr.pipeline.manager import StreamManager
+from livevsr.publish.whep import WhepServer
+from livevsr.server.routes import build_app
+from livevsr.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def restrict_ice_addresses(addresses: list[str]) -> None:
+    """Offer only these host addresses in ICE (aioice otherwise lists every interface but loopback)."""
+    if not addresses:
+        return
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.engine_choice = choose_engine(config.engine)
+        self.manager: StreamManager | None = None
+        self.whep = WhepServer(config.webrtc.max_viewers_per_stream)
+        self.rtmp = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.ready = {"http": False, "rtmp": not config.rtmp.enabled}
+        self.http_port = 0
+        self.rtmp_port = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        restrict_ice_addresses(self.config.webrtc.ice_host_addresses)
+        self.manager = StreamManager(self.config, self.engine_choice, self.metrics, loop)
+        log.info(
+            "livevsr %s: engine %s (%s)", __version__, self.engine_choice.name, self.engine_choice.reason
+        )
+
+        app = build_app(self.manager, self.whep, self.metrics, self.ready)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, port = split_host_port(self.config.http.listen)
+        self._site = web.TCPSite(self._runner, host, port)
+        await self._site.start()
+        self.http_port = self._runner.addresses[0][1]
+        self.ready["http"] = True
+        log.info("HTTP: viewer and API at http://%s:%d/", host, self.http_port)
+
+        if self.config.rtmp.enabled:
+            from livevsr.ingest.rtmp import RTMPServer
+
+            self.rtmp = RTMPServer(self.config.rtmp, self.manager)
+            await self.rtmp.start()
+            self.rtmp_port = self.rtmp.port
+            self.ready["rtmp"] = True
+            log.info(
+                "RTMP: publish to rtmp://%s:%d/%s with a stream key",
+                split_host_port(self.config.rtmp.listen)[0],
+                self.rtmp_port,
+                self.config.rtmp.app,
+            )
+
+    async def stop(self) -> None:
+        """Stop taking publishers, drain in-flight frames, tell viewers goodbye, close ports."""
+        if self.manager is not None:
+            self.manager.accepting = False
+        if self.rtmp is not None:
+            await self.rtmp.stop()
+        if self.manager is not None:
+            await self.manager.close()
+        await self.whep.close_all()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.ready = {k: False for k in self.ready}
+
+
+async def serve_forever(config: Config) -> None:
+    """Run until SIGINT/SIGTERM; a second signal exits at once."""
+    import signal
+
+    app = App(config)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        log.info("stopping: no new publishers, draining in-flight frames")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()
+    try:
+        await asyncio.wait_for(app.stop(), timeout=20)
+    except TimeoutError:
+        log.warning("shutdown took longer than 20 s; exiting anyway")

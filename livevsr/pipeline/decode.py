@@ -1,0 +1,131 @@
+"""DecodeThread: compressed H.264 access units in, decoded frames (with their timing) into the ring."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import av
+
+from livevsr.ingest.base import VideoPacket
+from livevsr.pipeline.ring import FrameRing
+from livevsr.telemetry.timing import FrameTiming
+
+log = logging.getLogger(__name__)
+
+BACKLOG_PACKETS = 300  # ~10 s at 30 fps of compressed input waiting for the decoder
+
+
+@dataclass(slots=True)
+class DecodedFrame:
+    frame: av.VideoFrame
+    timing: FrameTiming
+
+
+_STOP = object()
+
+
+class DecodeThread:
+    """Decodes on its own thread; ``configure``/``submit``/``close`` are called from the event loop."""
+
+    def __init__(
+        self,
+        name: str,
+        ring: FrameRing[DecodedFrame],
+        on_drop: Callable[[str, int], None],
+        on_decoded: Callable[[DecodedFrame], None],
+    ) -> None:
+        self.name = name
+        self._ring = ring
+        self._on_drop = on_drop
+        self._on_decoded = on_decoded
+        self._queue: queue.Queue = queue.Queue(maxsize=BACKLOG_PACKETS)
+        self._skip_to_keyframe = False
+        self._ctx: av.CodecContext | None = None
+        self._thread = threading.Thread(target=self._run, name=f"decode-{name}", daemon=True)
+        self._thread.start()
+
+    def configure(self, codec: str, extradata: bytes | None) -> None:
+        self._put(("config", codec, extradata), force=True)
+
+    def submit(self, packet: VideoPacket, timing: FrameTiming) -> None:
+        if self._skip_to_keyframe:
+            if not packet.keyframe:
+                self._on_drop("ingest_backlog", 1)
+                return
+            self._skip_to_keyframe = False
+        if not self._put(("packet", packet, timing)):
+            # The decoder fell behind: drop until the next keyframe so the picture stays intact.
+            self._skip_to_keyframe = True
+            self._on_drop("ingest_backlog", 1)
+
+    def close(self) -> None:
+        self._put(_STOP, force=True)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _put(self, item: object, force: bool = False) -> bool:
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            if not force:
+                return False
+            self._queue.put(item)  # control messages must arrive; the decoder drains quickly
+            return True
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    self._decode(None, None)
+                    break
+                if item[0] == "config":
+                    self._open(item[1], item[2])
+                else:
+                    self._decode(item[1], item[2])
+        except Exception:  # a decoder bug must not take the process down
+            log.exception("[%s] decoder thread failed", self.name)
+        finally:
+            self._ring.close()
+
+    def _open(self, codec: str, extradata: bytes | None) -> None:
+        if self._ctx is not None:
+            self._decode(None, None)  # flush frames of the previous configuration
+        ctx = av.CodecContext.create(codec, "r")
+        if extradata:
+            ctx.extradata = extradata
+        ctx.copy_opaque = True  # packet.opaque (FrameTiming) comes out on the frame
+        self._ctx = ctx
+
+    def _decode(self, packet: VideoPacket | None, timing: FrameTiming | None) -> None:
+        if self._ctx is None:
+            if packet is not None:
+                self._on_drop("decode_error", 1)  # video before its sequence header
+            return
+        try:
+            if packet is None:
+                frames = self._ctx.decode(None)
+            else:
+                pkt = av.Packet(packet.data)
+                pkt.pts, pkt.dts = packet.pts_ms, packet.dts_ms
+                pkt.opaque = timing
+                frames = self._ctx.decode(pkt)
+        except (av.error.FFmpegError, ValueError) as exc:
+            if packet is not None:
+                log.warning("[%s] dropped a corrupt video packet: %s", self.name, exc)
+                self._on_drop("decode_error", 1)
+            return
+        for frame in frames:
+            t = frame.opaque if isinstance(frame.opaque, FrameTiming) else None
+            if t is None:  # concealment output without its packet's timing
+                continue
+            t.mark("decoded")
+            item = DecodedFrame(frame, t)
+            self._on_decoded(item)
+            self._ring.put(item)

@@ -1,0 +1,116 @@
+"""ONE H.264 encoder per stream rendition; its packets are fanned out to every consumer.
+
+Low-latency settings for WebRTC: no B-frames, SPS/PPS repeated on every IDR (viewers join at any
+keyframe), periodic keyframes, and a keyframe on demand when a viewer joins.
+"""
+
+from __future__ import annotations
+
+import fractions
+import logging
+import threading
+
+import av
+
+from livevsr.config import EncoderConfig
+
+log = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = fractions.Fraction(1, 90000)  # RTP video clock; aiortc converts packet pts with it
+
+_nvenc_usable: bool | None = None
+_nvenc_lock = threading.Lock()
+
+
+def _nvenc_available() -> bool:
+    """h264_nvenc is in the PyAV wheel, but only opens where the driver's NVENC library exists."""
+    global _nvenc_usable
+    with _nvenc_lock:
+        if _nvenc_usable is None:
+            try:
+                ctx = av.CodecContext.create("h264_nvenc", "w")
+                ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
+                ctx.time_base = VIDEO_TIME_BASE
+                ctx.open()
+                _nvenc_usable = True
+            except Exception as exc:  # noqa: BLE001 - any failure means "not here"
+                log.debug("h264_nvenc unavailable: %s", exc)
+                _nvenc_usable = False
+        return _nvenc_usable
+
+
+def pick_codec(config: EncoderConfig) -> str:
+    if config.codec == "auto":
+        return "h264_nvenc" if _nvenc_available() else "libx264"
+    return config.codec
+
+
+class VideoEncoder:
+    """Encodes yuv420p frames of one size; ``encode`` returns packets with the frames' opaque data."""
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        width: int,
+        height: int,
+        fps: float,
+        *,
+        bitrate_bps: int | None = None,
+        preset: str | None = None,
+        stream: av.video.stream.VideoStream | None = None,
+    ) -> None:
+        """``stream``: encode through an output container's stream (files) instead of a bare codec."""
+        self.width, self.height = width, height
+        self.codec_name = pick_codec(config)
+        fps = fps if fps and fps > 0 else 30.0
+        keyint = max(1, round(config.keyframe_interval_s * fps))
+        ctx = stream.codec_context if stream is not None else av.CodecContext.create(self.codec_name, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+        ctx.time_base = VIDEO_TIME_BASE
+        ctx.framerate = fractions.Fraction(fps).limit_denominator(1001)
+        ctx.bit_rate = bitrate_bps or config.bitrate_bps
+        ctx.gop_size = keyint
+        ctx.max_b_frames = 0
+        ctx.copy_opaque = True  # FrameTiming rides from frame.opaque to packet.opaque
+        if self.codec_name == "libx264":
+            ctx.options = {
+                "preset": preset or config.preset,
+                "tune": "zerolatency",
+                "x264-params": f"repeat-headers=1:bframes=0:keyint={keyint}:min-keyint={keyint}:scenecut=0",
+            }
+        else:
+            ctx.options = {"preset": "p2", "tune": "ull", "zerolatency": "1", "bf": "0", "forced-idr": "1"}
+        if stream is not None:
+            stream.time_base = VIDEO_TIME_BASE
+        else:
+            ctx.open()
+        self._ctx = ctx
+        self._encode = stream.encode if stream is not None else ctx.encode
+        self._keyframe_requested = threading.Event()
+        self._last_pts = -1
+
+    def request_keyframe(self) -> None:
+        """Thread-safe: the next encoded frame will be an IDR."""
+        self._keyframe_requested.set()
+
+    def encode(self, frame: av.VideoFrame, pts: int, opaque: object = None) -> list[av.Packet]:
+        """Encode one frame at ``pts`` (in 1/90000 s); pts is forced strictly increasing."""
+        if frame.format.name != "yuv420p" or frame.width != self.width or frame.height != self.height:
+            frame = frame.reformat(width=self.width, height=self.height, format="yuv420p")
+        pts = max(pts, self._last_pts + 1)
+        self._last_pts = pts
+        frame.pts = pts
+        frame.time_base = VIDEO_TIME_BASE
+        frame.opaque = opaque
+        if self._keyframe_requested.is_set():
+            self._keyframe_requested.clear()
+            frame.pict_type = av.video.frame.PictureType.I
+        else:
+            frame.pict_type = av.video.frame.PictureType.NONE
+        return list(self._encode(frame))
+
+    def flush(self) -> list[av.Packet]:
+        try:
+            return list(self._encode(None))
+        except av.error.EOFError:
+            return []

@@ -1,0 +1,107 @@
+"""EncodeWorker: the thread that encodes upscaled (and source) frames once per stream and hands the
+packets to the event loop for fan-out."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+import av
+
+from livevsr.config import EncoderConfig
+from livevsr.pipeline.encode import VideoEncoder
+from livevsr.pipeline.worker import END, UpscaledFrame
+
+log = logging.getLogger(__name__)
+
+SOURCE_BITRATE_FRACTION = 1 / 8  # the original is 1/16 of the pixels; give it a fair share
+
+
+class EncodeWorker:
+    def __init__(
+        self,
+        name: str,
+        config: EncoderConfig,
+        frames: queue.Queue,
+        fps_hint: Callable[[], float],
+        pts_base_90k: int,
+        deliver: Callable[[str, list[av.Packet]], None],
+        on_encoded: Callable[[UpscaledFrame], None],
+        on_error: Callable[[str], None],
+    ) -> None:
+        self.name = name
+        self._config = config
+        self._frames = frames
+        self._fps_hint = fps_hint
+        self._deliver = deliver  # (rendition, packets), called on this thread; must be thread-safe
+        self._on_encoded = on_encoded
+        self._on_error = on_error
+        self._encoders: dict[str, VideoEncoder] = {}
+        self._pts_base = pts_base_90k
+        self._first_pts_ms: int | None = None
+        self.last_pts_90k = pts_base_90k
+        self._thread = threading.Thread(target=self._run, name=f"encode-{name}", daemon=True)
+        self._thread.start()
+
+    def request_keyframe(self, rendition: str) -> None:
+        enc = self._encoders.get(rendition)
+        if enc is not None:
+            enc.request_keyframe()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _encoder(self, rendition: str, frame: av.VideoFrame) -> VideoEncoder:
+        enc = self._encoders.get(rendition)
+        if enc is not None and (enc.width, enc.height) == (frame.width, frame.height):
+            return enc
+        if enc is not None:  # resolution change: finish the old bitstream, start a new one at an IDR
+            self._deliver(rendition, enc.flush())
+        if rendition == "upscaled":
+            enc = VideoEncoder(self._config, frame.width, frame.height, self._fps_hint())
+        else:
+            enc = VideoEncoder(
+                self._config, frame.width, frame.height, self._fps_hint(),
+                bitrate_bps=max(500_000, int(self._config.bitrate_bps * SOURCE_BITRATE_FRACTION)),
+            )  # fmt: skip
+        log.info("[%s] %s encoder %s %dx%d", self.name, rendition, enc.codec_name, enc.width, enc.height)
+        self._encoders[rendition] = enc
+        return enc
+
+    def _pts(self, pts_ms: int) -> int:
+        # Keep the RTP clock continuous across publisher reconnects: offset from this session's start.
+        if self._first_pts_ms is None:
+            self._first_pts_ms = pts_ms
+        return self._pts_base + max(0, pts_ms - self._first_pts_ms) * 90
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._frames.get()
+                if item is END:
+                    break
+                self._encode(item)
+            for rendition, enc in self._encoders.items():
+                self._deliver(rendition, enc.flush())
+        except Exception as exc:
+            log.exception("[%s] encoder failed", self.name)
+            self._on_error(f"encoder failed: {exc}")
+            # Keep draining so the engine worker never blocks on a full queue.
+            while self._frames.get() is not END:
+                pass
+
+    def _encode(self, item: UpscaledFrame) -> None:
+        pts = self._pts(item.timing.pts_ms)
+        self.last_pts_90k = pts
+        packets = self._encoder("upscaled", item.upscaled).encode(item.upscaled, pts, item.timing)
+        for p in packets:
+            t = p.opaque
+            if t is not None:
+                t.mark("encoded")
+                self._on_encoded(UpscaledFrame(item.upscaled, item.source, t))
+        self._deliver("upscaled", packets)
+        if self._config.source_rendition:
+            # Same pts as the upscaled frame, so the viewer's compare mode shows the same instant.
+            self._deliver("source", self._encoder("source", item.source).encode(item.source, pts, None))

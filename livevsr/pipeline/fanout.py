@@ -1,0 +1,80 @@
+"""Fan one rendition's encoded packets out to every viewer, on the event loop.
+
+Each subscriber has a small queue. A slow subscriber never slows the others: when its queue is
+full it is cleared and the subscriber skips ahead to the next keyframe (and asks for one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import av
+
+SUBSCRIBER_QUEUE_PACKETS = 8  # ~0.25 s at 30 fps; more would only add latency
+
+
+class Subscriber:
+    def __init__(self, broadcaster: Broadcaster) -> None:
+        self._broadcaster = broadcaster
+        self.queue: asyncio.Queue[av.Packet | None] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE_PACKETS)
+        self.waiting_for_keyframe = True  # a decoder can only start at an IDR
+        self.skipped = 0
+
+    def offer(self, packet: av.Packet) -> None:
+        if self.waiting_for_keyframe:
+            if not packet.is_keyframe:
+                return
+            self.waiting_for_keyframe = False
+        if self.queue.full():
+            # Too slow: drop what is queued and resume at the next keyframe.
+            while not self.queue.empty():
+                self.queue.get_nowait()
+                self.skipped += 1
+            self.waiting_for_keyframe = True
+            self._broadcaster.request_keyframe()
+            if not packet.is_keyframe:
+                return
+            self.waiting_for_keyframe = False
+        self.queue.put_nowait(packet)
+
+    async def recv(self) -> av.Packet | None:
+        """The next packet, or None once the subscription is closed."""
+        return await self.queue.get()
+
+    def close(self) -> None:
+        self._broadcaster.unsubscribe(self)
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
+
+class Broadcaster:
+    """One rendition of one stream. ``publish`` must be called on the event loop."""
+
+    def __init__(self, request_keyframe: Callable[[], None]) -> None:
+        self._request_keyframe = request_keyframe
+        self._subscribers: set[Subscriber] = set()
+
+    def set_keyframe_requester(self, request_keyframe: Callable[[], None]) -> None:
+        self._request_keyframe = request_keyframe
+
+    def request_keyframe(self) -> None:
+        self._request_keyframe()
+
+    def subscribe(self) -> Subscriber:
+        sub = Subscriber(self)
+        self._subscribers.add(sub)
+        self._request_keyframe()
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+
+    def publish(self, packet: av.Packet) -> None:
+        for sub in list(self._subscribers):
+            sub.offer(packet)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)

@@ -1,0 +1,53 @@
+"""StreamManager: the configured streams, and the authority that lets publishers in."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from livevsr.config import Config
+from livevsr.engines.registry import EngineChoice, create_engine
+from livevsr.errors import IngestError
+from livevsr.pipeline.stream import PublishSession, Stream
+from livevsr.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class StreamManager:
+    """Implements ``IngestAuthority``: a publish with a known key starts that stream's session."""
+
+    def __init__(
+        self, config: Config, engine_choice: EngineChoice, metrics: Metrics, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.config = config
+        self.engine_choice = engine_choice
+        self.streams: dict[str, Stream] = {}
+        self._by_key: dict[str, Stream] = {}
+        for sc in config.streams:
+            stream = Stream(
+                config, sc, engine_choice, lambda: create_engine(engine_choice, config.engine), metrics, loop
+            )
+            self.streams[sc.name] = stream
+            self._by_key[sc.key] = stream
+        self.accepting = True
+
+    def open_publish(self, key: str, source: str) -> PublishSession:
+        if not self.accepting:
+            raise IngestError("server is shutting down")
+        stream = self._by_key.get(key)
+        if stream is None:
+            raise IngestError("unknown stream key")
+        return stream.start_session(source)
+
+    def get(self, name: str) -> Stream | None:
+        return self.streams.get(name)
+
+    async def close(self) -> None:
+        """Stop taking publishers, end every session and wait for in-flight frames to drain."""
+        self.accepting = False
+        sessions = [s.session for s in self.streams.values() if s.session is not None]
+        for session in sessions:
+            session.close("server stopping")
+        if sessions:
+            await asyncio.wait([asyncio.ensure_future(s.wait_finished()) for s in sessions], timeout=15)

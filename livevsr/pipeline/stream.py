@@ -1,0 +1,266 @@
+"""One stream's lifecycle: publish sessions come and go, viewers stay subscribed to the stream.
+
+A ``PublishSession`` is the ``IngestSink`` of one publish: it owns the decode thread, the ring, the
+engine worker and the encode worker. The ``Stream`` outlives sessions: its broadcasters keep their
+viewers across publisher reconnects and resolution changes, and its stats are what /api/streams shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import time
+from collections.abc import Callable
+
+import av
+
+from livevsr.config import Config, StreamConfig
+from livevsr.engines.base import Engine
+from livevsr.engines.registry import EngineChoice
+from livevsr.ingest.base import AudioPacket, VideoPacket
+from livevsr.pipeline.decode import DecodedFrame, DecodeThread
+from livevsr.pipeline.encode_worker import EncodeWorker
+from livevsr.pipeline.fanout import Broadcaster
+from livevsr.pipeline.ring import FrameRing
+from livevsr.pipeline.worker import EngineWorker, UpscaledFrame
+from livevsr.telemetry.metrics import Metrics, RollingStats
+from livevsr.telemetry.timing import FrameTiming
+
+log = logging.getLogger(__name__)
+
+RENDITIONS = ("upscaled", "source")
+ENGINE_QUEUE_FRAMES = 16  # upscaled frames waiting for the encoder; backpressure onto the ring
+PIPELINE_STAGES = ("decode", "queue", "engine", "encode")
+
+
+class Stream:
+    """A configured stream (name + key); at most one publish session at a time."""
+
+    def __init__(
+        self,
+        config: Config,
+        stream_config: StreamConfig,
+        engine_choice: EngineChoice,
+        engine_factory: Callable[[], Engine],
+        metrics: Metrics,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.name = stream_config.name
+        self.key = stream_config.key
+        self.config = config
+        self.engine_choice = engine_choice
+        self.engine_factory = engine_factory
+        self.metrics = metrics
+        self.loop = loop
+        self.stats = RollingStats()
+        self.state = "idle"
+        self.reason = "waiting for a publisher"
+        self.session: PublishSession | None = None
+        self.input_size: tuple[int, int] | None = None
+        self.output_size: tuple[int, int] | None = None
+        self.source_fps = 0.0
+        self.counts = {"received": 0, "decoded": 0, "upscaled": 0, "encoded": 0}
+        self.dropped: dict[str, int] = {}
+        self.last_pts_90k = 0
+        self.broadcasters = {r: Broadcaster(self._keyframe_requester(r)) for r in RENDITIONS}
+        metrics.init_stream(self.name)
+
+    def _keyframe_requester(self, rendition: str) -> Callable[[], None]:
+        def request() -> None:
+            if self.session is not None and self.session.encoder is not None:
+                self.session.encoder.request_keyframe(rendition)
+
+        return request
+
+    # -- publish sessions (event loop) -------------------------------------------------------------
+
+    def start_session(self, source: str) -> PublishSession:
+        if self.session is not None:
+            # The same publisher reconnecting before its old connection timed out wins.
+            self.session.close("replaced by a new publish of the same stream")
+        self.stats.reset()
+        self.session = PublishSession(self, source)
+        self.state, self.reason = "starting", f"publisher connected ({source})"
+        self.metrics.live.labels(self.name).set(1)
+        log.info("[%s] publish started from %s, engine %s", self.name, source, self.engine_choice.name)
+        return self.session
+
+    def session_ended(self, session: PublishSession, reason: str, error: bool) -> None:
+        if self.session is not session:
+            return
+        self.session = None
+        self.last_pts_90k = max(self.last_pts_90k, session.last_pts_90k) + 3000
+        self.state = "error" if error else "idle"
+        self.reason = reason if error else f"waiting for a publisher (last: {reason})"
+        self.metrics.live.labels(self.name).set(0)
+        log.info("[%s] publish ended: %s", self.name, reason)
+
+    # -- counters (any thread) ---------------------------------------------------------------------
+
+    def count(self, point: str, n: int = 1) -> None:
+        self.counts[point] += n
+        self.metrics.frames.labels(self.name, point).inc(n)
+
+    def drop(self, cause: str, n: int) -> None:
+        self.dropped[cause] = self.dropped.get(cause, 0) + n
+        self.metrics.dropped.labels(self.name, cause).inc(n)
+
+    def record_stages(self, timing: FrameTiming, stages: tuple[str, ...]) -> None:
+        self.stats.add_timing(timing, stages)
+        for stage in stages:
+            value = timing.stage_s(stage)
+            if value is not None:
+                self.metrics.stage_seconds.labels(self.name, stage).observe(value)
+
+    # -- viewers ------------------------------------------------------------------------------------
+
+    @property
+    def viewer_count(self) -> int:
+        return sum(b.subscriber_count for b in self.broadcasters.values())
+
+    def viewers_changed(self) -> None:
+        self.metrics.viewers.labels(self.name).set(self.viewer_count)
+
+    def snapshot(self) -> dict:
+        """The JSON /api/streams shows for this stream."""
+        fps_in, fps_out = self.stats.fps("in"), self.stats.fps("out")
+        return {
+            "name": self.name,
+            "state": self.state,
+            "reason": self.reason,
+            "engine": {"name": self.engine_choice.name, "reason": self.engine_choice.reason},
+            "input": None if self.input_size is None else
+            {"width": self.input_size[0], "height": self.input_size[1], "fps": fps_in},
+            "output": None if self.output_size is None else
+            {"width": self.output_size[0], "height": self.output_size[1], "fps": fps_out},
+            "frames": {**self.counts, "dropped": dict(self.dropped)},
+            "latency_ms": self.stats.percentiles_ms(),
+            "viewers": self.viewer_count,
+        }  # fmt: skip
+
+
+class PublishSession:
+    """The receiving end of one publish (an ``IngestSink``); lives until the publisher goes away."""
+
+    def __init__(self, stream: Stream, source: str) -> None:
+        self.stream = stream
+        self.source = source
+        self.name = stream.name
+        self.closed = False
+        self.error: str | None = None
+        self._frame_ids = itertools.count()
+        self._fps_hint = 0.0
+        self.last_pts_90k = stream.last_pts_90k
+        cfg = stream.config
+        self.engine = stream.engine_factory()
+        self.ring: FrameRing[DecodedFrame] = FrameRing(
+            cfg.pipeline.ring_capacity_frames, cfg.pipeline.ring_policy, chunk=self.engine.chunk,
+            on_drop=lambda items: stream.drop("ring_full", len(items)),
+        )  # fmt: skip
+        self._upscaled: queue.Queue = queue.Queue(maxsize=ENGINE_QUEUE_FRAMES)
+        self.decoder = DecodeThread(self.name, self.ring, stream.drop, self._on_decoded)
+        self.worker = EngineWorker(
+            self.name, self.engine, self.ring, self._upscaled, self.fps_hint, self._fail, stream.drop
+        )
+        self.encoder: EncodeWorker | None = EncodeWorker(
+            self.name, cfg.encoder, self._upscaled, self.fps_hint, stream.last_pts_90k,
+            self._deliver, self._on_encoded, self._fail,
+        )  # fmt: skip
+        self._watch = asyncio.ensure_future(self._watch_threads())
+
+    def fps_hint(self) -> float:
+        return self._fps_hint or self.stream.source_fps or 30.0
+
+    # -- IngestSink (event loop) --------------------------------------------------------------------
+
+    def video_config(self, codec: str, extradata: bytes | None) -> None:
+        if not self.closed:
+            self.decoder.configure(codec, extradata)
+
+    def video_packet(self, packet: VideoPacket) -> None:
+        if self.closed:
+            return
+        timing = FrameTiming(next(self._frame_ids), packet.pts_ms)
+        timing.mark("received", packet.recv_ns)
+        self.stream.count("received")
+        self.decoder.submit(packet, timing)
+
+    def audio_config(self, codec: str, extradata: bytes | None, sample_rate: int, channels: int) -> None:
+        pass  # audio pass-through comes with the relay/recording work
+
+    def audio_packet(self, packet: AudioPacket) -> None:
+        pass
+
+    def set_source_fps(self, fps: float) -> None:
+        if fps > 0:
+            self._fps_hint = fps
+            self.stream.source_fps = fps
+
+    def close(self, reason: str) -> None:
+        """The publisher left (or was replaced): drain what is in flight, then end."""
+        if self.closed:
+            return
+        self.closed = True
+        self.decoder.close()
+        self.stream.session_ended(self, reason, error=self.error is not None)
+
+    # -- worker callbacks (worker threads) ----------------------------------------------------------
+
+    def _on_decoded(self, item: DecodedFrame) -> None:
+        self.stream.count("decoded")
+        self.stream.stats.tick("in")
+        self.stream.input_size = (item.frame.width, item.frame.height)
+
+    def _on_encoded(self, item: UpscaledFrame) -> None:
+        stream = self.stream
+        stream.count("encoded")
+        stream.stats.tick("out")
+        stream.output_size = (item.upscaled.width, item.upscaled.height)
+        stream.record_stages(item.timing, PIPELINE_STAGES)
+        if stream.state == "starting":
+            stream.state, stream.reason = "live", f"publishing from {self.source}"
+
+    def _deliver(self, rendition: str, packets: list[av.Packet]) -> None:
+        if not packets:
+            return
+        if rendition == "upscaled":
+            self.stream.count("upscaled", len(packets))
+        if self.encoder is not None:
+            self.last_pts_90k = self.encoder.last_pts_90k
+        self.stream.loop.call_soon_threadsafe(self._publish, rendition, packets)
+
+    def _publish(self, rendition: str, packets: list[av.Packet]) -> None:
+        broadcaster = self.stream.broadcasters[rendition]
+        for p in packets:
+            broadcaster.publish(p)
+
+    def _fail(self, reason: str) -> None:
+        """A worker thread gave up: end the session with the reason (from any thread)."""
+        self.error = reason
+        self.stream.loop.call_soon_threadsafe(self._end_with_error, reason)
+
+    def _end_with_error(self, reason: str) -> None:
+        log.error("[%s] stream stopped: %s", self.name, reason)
+        if not self.closed:
+            self.closed = True
+            self.decoder.close()
+            self.worker.stop()
+            self.stream.session_ended(self, reason, error=True)
+        elif self.stream.session is None:
+            self.stream.state, self.stream.reason = "error", reason
+
+    async def _watch_threads(self) -> None:
+        """Join the threads off the loop once the session ends."""
+        while not self.closed:
+            await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+        await asyncio.to_thread(self.decoder.join, 30)
+        await asyncio.to_thread(self.worker.join, 30)
+        if self.encoder is not None:
+            await asyncio.to_thread(self.encoder.join, 30)
+        log.debug("[%s] session threads joined in %.2fs", self.name, time.monotonic() - t0)
+
+    async def wait_finished(self) -> None:
+        await self._watch

@@ -1,0 +1,141 @@
+"""WHEP egress: each viewer is an aiortc peer connection fed the stream's pre-encoded H.264 packets.
+
+The packets come from the stream's one encoder (aiortc only packetizes them), so N viewers cost N
+packetizers, not N encoders. H.264 is forced with codec preferences: aiortc would answer VP8 first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+
+import av
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from livevsr.pipeline.fanout import Subscriber
+from livevsr.pipeline.stream import Stream
+from livevsr.telemetry.timing import FrameTiming
+
+log = logging.getLogger(__name__)
+
+_RTPMAP = re.compile(r"^a=rtpmap:\d+ ([A-Za-z0-9-]+)/", re.MULTILINE)
+
+
+class OfferError(ValueError):
+    """The viewer's SDP offer cannot be answered; the message is safe to return to the client."""
+
+
+def check_offer(sdp: str) -> None:
+    """A WHEP offer must have a video m-line that offers H.264."""
+    if not sdp.startswith("v=0"):
+        raise OfferError("the body is not an SDP offer (it must start with 'v=0')")
+    sections = re.split(r"^(?=m=)", sdp, flags=re.MULTILINE)
+    video = [s for s in sections if s.startswith("m=video")]
+    if not video:
+        raise OfferError("the offer has no video m-line; add a recvonly video transceiver")
+    codecs = {c.upper() for s in video for c in _RTPMAP.findall(s)}
+    if "H264" not in codecs:
+        offered = ", ".join(sorted(codecs)) or "none"
+        raise OfferError(f"the offer has no H.264 video (offered: {offered}); this server sends H.264 only")
+
+
+class PacketTrack(MediaStreamTrack):
+    """A video track whose ``recv`` returns encoded ``av.Packet``s from a stream subscriber."""
+
+    kind = "video"
+
+    def __init__(self, stream: Stream, subscriber: Subscriber) -> None:
+        super().__init__()
+        self._stream = stream
+        self._subscriber = subscriber
+
+    async def recv(self) -> av.Packet:
+        packet = await self._subscriber.recv()
+        if packet is None:
+            self.stop()
+            raise MediaStreamError
+        timing = packet.opaque
+        if isinstance(timing, FrameTiming) and "sent" not in timing.marks:
+            timing.mark("sent")  # the first viewer to send this frame closes its end-to-end latency
+            self._stream.record_stages(timing, ("send", "total"))
+        return packet
+
+
+@dataclass
+class WhepSession:
+    id: str
+    stream: Stream
+    rendition: str
+    pc: RTCPeerConnection
+    subscriber: Subscriber
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WhepServer:
+    """Creates and ends WHEP viewer sessions."""
+
+    def __init__(self, max_viewers_per_stream: int) -> None:
+        self.max_viewers_per_stream = max_viewers_per_stream
+        self.sessions: dict[str, WhepSession] = {}
+
+    def _h264_codecs(self) -> list:
+        return [
+            c
+            for c in RTCRtpSender.getCapabilities("video").codecs
+            if c.mimeType in ("video/H264", "video/rtx")
+        ]
+
+    async def create(self, stream: Stream, rendition: str, offer_sdp: str) -> tuple[WhepSession, str]:
+        """Answer ``offer_sdp``; raises OfferError for an offer we cannot serve."""
+        check_offer(offer_sdp)
+        if stream.viewer_count >= self.max_viewers_per_stream:
+            raise OverflowError(
+                f"stream {stream.name} has its maximum of {self.max_viewers_per_stream} viewers"
+            )
+        pc = RTCPeerConnection()
+        subscriber = stream.broadcasters[rendition].subscribe()
+        session = WhepSession(uuid.uuid4().hex, stream, rendition, pc, subscriber)
+        try:
+            transceiver = pc.addTransceiver(PacketTrack(stream, subscriber), direction="sendonly")
+            transceiver.setCodecPreferences(self._h264_codecs())
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            subscriber.close()
+            await pc.close()
+            raise OfferError(f"cannot answer the offer: {exc}") from exc
+        self.sessions[session.id] = session
+        stream.viewers_changed()
+
+        @pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close(session.id, f"connection {pc.connectionState}")
+
+        log.info(
+            "[%s] WHEP viewer %s joined (%s), %d viewers",
+            stream.name,
+            session.id[:8],
+            rendition,
+            stream.viewer_count,
+        )
+        return session, pc.localDescription.sdp
+
+    async def close(self, session_id: str, reason: str) -> bool:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session.subscriber.close()
+        session.stream.viewers_changed()
+        await session.pc.close()
+        session.closed.set()
+        log.info("[%s] WHEP viewer %s left: %s", session.stream.name, session_id[:8], reason)
+        return True
+
+    async def close_all(self) -> None:
+        for sid in list(self.sessions):
+            await self.close(sid, "server stopping")

@@ -1,0 +1,115 @@
+"""The aiohttp application: web viewer, WHEP endpoints, JSON API, Prometheus metrics, health."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from livevsr import __version__
+from livevsr.pipeline.manager import StreamManager
+from livevsr.publish.whep import OfferError, WhepServer
+from livevsr.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
+MAX_SDP_BYTES = 64 * 1024
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization, If-Match",
+    "Access-Control-Expose-Headers": "Location, Link, ETag",
+}
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=CORS_HEADERS)
+
+
+def build_app(manager: StreamManager, whep: WhepServer, metrics: Metrics, ready: dict) -> web.Application:
+    app = web.Application(client_max_size=MAX_SDP_BYTES)
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        page = WEB_DIR / "index.html"
+        if not page.exists():
+            return web.Response(
+                text="livevsr is running; the web viewer is not installed", content_type="text/plain"
+            )
+        return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+    async def view(request: web.Request) -> web.StreamResponse:
+        if manager.get(request.match_info["name"]) is None:
+            return _error(404, "no such stream")
+        return await index(request)
+
+    async def whep_post(request: web.Request) -> web.Response:
+        stream = manager.get(request.match_info["name"])
+        if stream is None:
+            return _error(404, "no such stream")
+        rendition = "source" if request.path.endswith("/source") else "upscaled"
+        if request.content_type != "application/sdp":
+            return _error(415, "send the SDP offer with Content-Type: application/sdp")
+        try:
+            offer = await request.text()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "SDP offer too large")
+        try:
+            session, answer = await whep.create(stream, rendition, offer)
+        except OfferError as exc:
+            return _error(400, str(exc))
+        except OverflowError as exc:
+            return _error(503, str(exc))
+        location = f"/whep/{stream.name}/session/{session.id}"
+        return web.Response(
+            status=201, text=answer, content_type="application/sdp",
+            headers={**CORS_HEADERS, "Location": location},
+        )  # fmt: skip
+
+    async def whep_delete(request: web.Request) -> web.Response:
+        if await whep.close(request.match_info["session"], "viewer sent DELETE"):
+            return web.Response(status=200, headers=CORS_HEADERS)
+        return _error(404, "no such WHEP session")
+
+    async def whep_patch(request: web.Request) -> web.Response:
+        # Answers are complete (aiortc gathers every candidate first), so trickle ICE is not needed.
+        return web.Response(status=405, headers={**CORS_HEADERS, "Allow": "DELETE"})
+
+    async def options(request: web.Request) -> web.Response:
+        return web.Response(status=204, headers=CORS_HEADERS)
+
+    async def api_streams(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"version": __version__, "streams": [s.snapshot() for s in manager.streams.values()]},
+            headers=CORS_HEADERS,
+        )
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ok = all(ready.values())
+        return web.json_response({"ready": ok, **ready}, status=200 if ok else 503)
+
+    app.router.add_get("/", index)
+    app.router.add_get("/view/{name}", view)
+    if WEB_DIR.exists():
+        app.router.add_static("/web/", WEB_DIR, show_index=False)
+    for suffix in ("", "/source"):
+        app.router.add_post("/whep/{name}" + suffix, whep_post)
+        app.router.add_route("OPTIONS", "/whep/{name}" + suffix, options)
+    app.router.add_delete("/whep/{name}/session/{session}", whep_delete)
+    app.router.add_patch("/whep/{name}/session/{session}", whep_patch)
+    app.router.add_route("OPTIONS", "/whep/{name}/session/{session}", options)
+    app.router.add_get("/api/streams", api_streams)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
