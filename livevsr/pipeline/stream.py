@@ -187,6 +187,18 @@ class PublishSession:
         self.stream.count("received")
         self.decoder.submit(packet, timing)
 
+    def video_frame(self, frame: av.VideoFrame, pts_ms: int, recv_ns: int) -> None:
+        """An already decoded frame (WHIP: aiortc decodes): straight into the ring."""
+        if self.closed:
+            return
+        timing = FrameTiming(next(self._frame_ids), pts_ms)
+        timing.mark("received", recv_ns)
+        timing.mark("decoded")
+        self.stream.count("received")
+        item = DecodedFrame(frame, timing)
+        self._on_decoded(item)
+        self.ring.put(item)
+
     def audio_config(self, codec: str, extradata: bytes | None, sample_rate: int, channels: int) -> None:
         pass  # audio pass-through comes with the relay/recording work
 
