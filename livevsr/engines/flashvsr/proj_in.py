@@ -63,7 +63,9 @@ class ReplicateCausalConv3d(nn.Conv3d):
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__(in_dim, out_dim, kernel_size=(4, 3, 3), stride=(2, 1, 1))
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, cache: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: [B, C, T, H, W]; cache: [B, C, 2, H, W] or None. Returns [B, C', T/2, H, W]."""
         front = CACHE_FRAMES
         if cache is not None:
