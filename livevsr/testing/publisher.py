@@ -1,0 +1,208 @@
+"""A synthetic RTMP publisher: a moving test pattern, libx264 like OBS sends it, over PyAV's FLV muxer.
+
+Used by the RTMP ingest tests and by benchmarks as a stand-in for OBS (no ffmpeg binary needed):
+
+    frames_sent = publish("rtmp://127.0.0.1:1935/live/testkey", 320, 180, 30, 90)
+
+``frame_hook(image, index)`` sees each frame before it is encoded and may draw into it, e.g. to
+burn a timestamp barcode. ``image`` is an RGB ``[H, W, 3]`` uint8 array, C-contiguous; the frame
+is converted to yuv420p after the hook, so draw with values that survive that (blocks of >= 2 px).
+
+Why a child process: PyAV opens the output (``avio_open``, which for rtmp:// runs FFmpeg's whole
+handshake and publish negotiation) while holding the GIL. A publisher thread in the same process
+as an asyncio RTMP server would freeze the server's loop while waiting for the server to answer:
+a deadlock. So ``publish`` runs the encoder and FFmpeg's RTMP client in a forked child by default,
+and ``frame_hook`` runs there too. ``time.monotonic``/``time.time`` are the same clocks in the
+child, so timestamps it burns compare with the parent's; side effects on parent objects are lost
+(pass ``in_process=True`` when the server lives in another process and you need them).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import time
+from collections.abc import Callable
+from fractions import Fraction
+
+import av
+import numpy as np
+
+AUDIO_RATE = 48000  # Hz
+AUDIO_FRAME_SAMPLES = 1024  # one AAC frame
+AUDIO_TONE_HZ = 440.0
+
+
+def synthetic_frame(width: int, height: int, index: int) -> np.ndarray:
+    """A moving test pattern: RGB ``[height, width, 3]`` uint8.
+
+    Diagonal colour gradients scroll by 2 px per frame and a white square crosses the picture, so
+    consecutive frames differ everywhere (motion for the encoder and for a VSR model).
+    """
+    y = np.arange(height, dtype=np.int32)[:, None]
+    x = np.arange(width, dtype=np.int32)[None, :]
+    shift = 2 * index
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[..., 0] = ((x + shift) * 255 // max(width - 1, 1)) & 0xFF
+    image[..., 1] = ((y + shift) * 255 // max(height - 1, 1)) & 0xFF
+    image[..., 2] = ((x + y + 3 * shift) // 2) & 0xFF
+    side = max(min(width, height) // 6, 2)
+    left = (4 * index) % max(width - side, 1)
+    top = (height - side) // 2
+    image[top : top + side, left : left + side] = 255
+    return image
+
+
+def _tone(start_sample: int, samples: int) -> np.ndarray:
+    """A stereo sine as planar float32 ``[2, samples]``."""
+    t = (np.arange(samples, dtype=np.float64) + start_sample) / AUDIO_RATE
+    mono = (0.2 * np.sin(2 * np.pi * AUDIO_TONE_HZ * t)).astype(np.float32)
+    return np.stack([mono, mono])
+
+
+def publish(
+    url: str,
+    width: int,
+    height: int,
+    fps: float,
+    frames: int,
+    *,
+    realtime: bool = True,
+    frame_hook: Callable[[np.ndarray, int], None] | None = None,
+    audio: bool = False,
+    gop: int | None = None,
+    in_process: bool = False,
+) -> int:
+    """Publish ``frames`` frames of ``synthetic_frame`` to ``url`` (rtmp://host:port/app/key).
+
+    Encodes libx264 ``tune=zerolatency``, no B-frames, SPS/PPS repeated on every keyframe, a
+    keyframe every ``gop`` frames (default: one second), plus a 440 Hz AAC tone when ``audio``.
+    With ``realtime`` frames are sent on the wall clock (``index / fps`` after the start);
+    otherwise as fast as they encode. Returns the number of frames sent.
+
+    Raises whatever PyAV raises when the server refuses the connection or the key (an ``OSError``
+    subclass such as ``av.error.InputOutputError``), or when the connection drops mid-stream.
+    Runs in a forked child process unless ``in_process`` (see the module docstring).
+    """
+    args = (url, width, height, fps, frames, realtime, frame_hook, audio, gop)
+    if in_process:
+        return _publish(*args)
+    return _run_in_child(args)
+
+
+def _child_main(conn: multiprocessing.connection.Connection, args: tuple) -> None:
+    # Drop inherited descriptors (the parent's server sockets): a forked copy would keep the
+    # parent's TCP connections open after the parent closes them.
+    keep = {0, 1, 2, conn.fileno()}
+    for fd in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        if int(fd) not in keep:
+            try:
+                os.close(int(fd))
+            except OSError:
+                pass
+    try:
+        result: tuple = ("ok", _publish(*args))
+    except BaseException as exc:  # noqa: B036 - everything goes back to the parent
+        try:
+            result = ("error", pickle.dumps(exc))
+            pickle.loads(result[1])
+        except Exception:
+            result = ("error", pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}")))
+    conn.send(result)
+    conn.close()
+
+
+def _run_in_child(args: tuple) -> int:
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    parent_end, child_end = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child_main, args=(child_end, args), name="livevsr-publisher", daemon=True)
+    process.start()
+    child_end.close()
+    try:
+        try:
+            status, value = parent_end.recv()
+        except EOFError:
+            process.join()
+            raise RuntimeError(f"publisher process died (exit code {process.exitcode})") from None
+        process.join()
+    finally:
+        if process.is_alive():
+            process.terminate()
+            process.join()
+        parent_end.close()
+    if status == "ok":
+        return int(value)
+    raise pickle.loads(value)
+
+
+def _publish(
+    url: str,
+    width: int,
+    height: int,
+    fps: float,
+    frames: int,
+    realtime: bool,
+    frame_hook: Callable[[np.ndarray, int], None] | None,
+    audio: bool,
+    gop: int | None,
+) -> int:
+    if width % 2 or height % 2:
+        raise ValueError(f"width and height must be even for yuv420p, got {width}x{height}")
+    rate = Fraction(fps).limit_denominator(1001)
+    gop_frames = gop if gop is not None else max(round(fps), 1)
+    sent = 0
+    container = av.open(url, "w", format="flv")
+    try:
+        video = container.add_stream("libx264", rate=rate)
+        video.width = width
+        video.height = height
+        video.pix_fmt = "yuv420p"
+        video.codec_context.time_base = 1 / rate
+        video.codec_context.gop_size = gop_frames
+        video.codec_context.max_b_frames = 0
+        keyint = f"keyint={gop_frames}:min-keyint={gop_frames}"
+        video.codec_context.options = {
+            "preset": "ultrafast",
+            "tune": "zerolatency",
+            # SPS/PPS on every keyframe and no B-frames, as OBS sends; keyframes exactly every gop.
+            "x264-params": f"repeat-headers=1:bframes=0:scenecut=0:{keyint}",
+        }
+        sound = None
+        if audio:
+            sound = container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
+            sound.codec_context.time_base = Fraction(1, AUDIO_RATE)
+        audio_samples = 0
+        start = time.monotonic()
+        for index in range(frames):
+            if realtime:
+                delay = start + float(index / rate) - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            image = synthetic_frame(width, height, index)
+            if frame_hook is not None:
+                frame_hook(image, index)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+            frame.pts = index
+            frame.time_base = 1 / rate
+            container.mux(video.encode(frame))
+            sent += 1
+            if sound is not None:
+                # Keep audio up to this video frame's end time, in whole AAC frames.
+                until = int((index + 1) / rate * AUDIO_RATE)
+                while audio_samples < until:
+                    chunk = av.AudioFrame.from_ndarray(
+                        _tone(audio_samples, AUDIO_FRAME_SAMPLES), format="fltp", layout="stereo"
+                    )
+                    chunk.sample_rate = AUDIO_RATE
+                    chunk.pts = audio_samples
+                    chunk.time_base = Fraction(1, AUDIO_RATE)
+                    container.mux(sound.encode(chunk))
+                    audio_samples += AUDIO_FRAME_SAMPLES
+        container.mux(video.encode(None))
+        if sound is not None:
+            container.mux(sound.encode(None))
+    finally:
+        container.close()
+    return sent
