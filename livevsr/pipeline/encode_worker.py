@@ -16,6 +16,7 @@ from livevsr.pipeline.worker import END, UpscaledFrame
 
 log = logging.getLogger(__name__)
 
+MAX_CONSECUTIVE_ENCODER_FAILURES = 3
 SOURCE_BITRATE_FRACTION = 1 / 8  # the original is 1/16 of the pixels; give it a fair share
 
 
@@ -77,20 +78,28 @@ class EncodeWorker:
         return self._pts_base + max(0, pts_ms - self._first_pts_ms) * 90
 
     def _run(self) -> None:
-        try:
-            while True:
-                item = self._frames.get()
-                if item is END:
-                    break
+        failures = 0
+        while True:
+            item = self._frames.get()
+            if item is END:
+                break
+            if failures >= MAX_CONSECUTIVE_ENCODER_FAILURES:
+                continue  # gave up: keep draining so the engine worker never blocks on a full queue
+            try:
                 self._encode(item)
-            for rendition, enc in self._encoders.items():
+                failures = 0
+            except Exception as exc:
+                # Restart: a fresh encoder begins with an IDR, so viewers recover at once.
+                failures += 1
+                log.exception("[%s] encoder failed (%d in a row); restarting it", self.name, failures)
+                self._encoders.clear()
+                if failures >= MAX_CONSECUTIVE_ENCODER_FAILURES:
+                    self._on_error(f"encoder failed {failures} times in a row: {exc}")
+        for rendition, enc in self._encoders.items():
+            try:
                 self._deliver(rendition, enc.flush())
-        except Exception as exc:
-            log.exception("[%s] encoder failed", self.name)
-            self._on_error(f"encoder failed: {exc}")
-            # Keep draining so the engine worker never blocks on a full queue.
-            while self._frames.get() is not END:
-                pass
+            except Exception:
+                log.exception("[%s] %s encoder flush failed", self.name, rendition)
 
     def _encode(self, item: UpscaledFrame) -> None:
         pts = self._pts(item.timing.pts_ms)

@@ -1,0 +1,85 @@
+"""Faults inside the pipeline end or restart only the affected stream, with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+
+import av
+
+from livevsr.app import App
+from livevsr.engines.bicubic.engine import BicubicEngine
+from livevsr.pipeline import encode_worker
+from livevsr.testing.whep_client import WhepClient
+from tests.conftest import wait_for
+from tests.pipeline.test_stream import feed, h264_packets
+
+
+class ExplodingEngine(BicubicEngine):
+    """Fails on every push after the first ``good`` frames, like a GPU running out of memory."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.good = good
+
+    def push(self, frames: list[av.VideoFrame]) -> list[av.VideoFrame]:
+        if self.good <= 0:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        self.good -= len(frames)
+        return super().push(frames)
+
+
+async def test_engine_failure_stops_that_stream_only_with_its_reason(app: App) -> None:
+    app.manager.streams["main"].engine_factory = lambda: ExplodingEngine(good=10)
+    bad = app.manager.open_publish("k-main", "test-bad")
+    good = app.manager.open_publish("k-second", "test-good")
+    feeders = [
+        asyncio.create_task(feed(bad, h264_packets(64, 48, 45))),
+        asyncio.create_task(feed(good, h264_packets(64, 48, 45))),
+    ]
+    main, second = app.manager.streams["main"], app.manager.streams["second"]
+    await wait_for(lambda: main.state == "error")
+    assert "out of memory" in main.reason
+    assert main.dropped["engine_error"] >= 3
+    async with WhepClient(f"http://127.0.0.1:{app.http_port}/whep/second") as viewer:
+        before = second.counts["encoded"]
+        frame = await viewer.recv()
+        assert frame.width == 256
+        await wait_for(lambda: second.counts["encoded"] > before + 5)
+    await asyncio.gather(*feeders)
+    good.close("done")
+    # A new publish on the failed stream starts afresh.
+    main.engine_factory = BicubicEngine
+    again = app.manager.open_publish("k-main", "test-again")
+    feeder = asyncio.create_task(feed(again, h264_packets(64, 48, 20)))
+    await wait_for(lambda: main.state == "live")
+    await feeder
+    again.close("done")
+
+
+async def test_encoder_failure_restarts_the_encoder(app: App, monkeypatch) -> None:  # noqa: ANN001
+    real = encode_worker.VideoEncoder
+    created: list[int] = []
+    failed: list[int] = []
+
+    class FlakyEncoder(real):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            created.append(1)
+            self.calls = 0
+
+        def encode(self, frame, pts, opaque=None):  # noqa: ANN001, ANN201
+            self.calls += 1
+            if not failed and self.calls == 5:
+                failed.append(1)
+                raise av.error.ExternalError(-1, "simulated encoder failure")
+            return super().encode(frame, pts, opaque)
+
+    monkeypatch.setattr(encode_worker, "VideoEncoder", FlakyEncoder)
+    sink = app.manager.open_publish("k-main", "test")
+    feeder = asyncio.create_task(feed(sink, h264_packets(64, 48, 40)))
+    main = app.manager.streams["main"]
+    await wait_for(lambda: main.counts["encoded"] >= 30)
+    assert main.state == "live"
+    assert failed and len(created) >= 4  # upscaled + source encoders, then both again after the failure
+    await feeder
+    sink.close("done")

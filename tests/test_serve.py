@@ -1,0 +1,69 @@
+"""``livevsr serve`` as a real process: starts from a config file, answers, exits cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def start(tmp_path: Path, extra: str = "") -> tuple[subprocess.Popen, int]:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "rtmp:\n  listen: '127.0.0.1:0'\nhttp:\n  listen: '127.0.0.1:0'\n"
+        "streams:\n  - name: main\n    key: secret-key-123\n" + extra
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "livevsr", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        match = re.search(r"HTTP: viewer and API at http://127\.0\.0\.1:(\d+)/", line)
+        if match:
+            return proc, int(match.group(1))
+    proc.kill()
+    pytest.fail("server did not start:\n" + "".join(lines))
+
+
+def test_serve_answers_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
+    proc, port = start(tmp_path)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/streams", timeout=10) as resp:
+            streams = json.loads(resp.read())["streams"]
+        assert [s["name"] for s in streams] == ["main"]
+        assert streams[0]["engine"]["name"] == "bicubic"
+        assert "because" in streams[0]["engine"]["reason"]  # auto says why it fell back
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "stopping" in out
+    assert "secret-key-123" not in out  # keys never reach the log
+
+
+def test_serve_with_a_bad_config_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("encoder:\n  bitrate: 5\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "livevsr", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "encoder.bitrate: unknown key" in result.stderr
