@@ -263,10 +263,19 @@ class FlexBackend(_CachingBackend):
         return torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=out.device)).contiguous()
 
 
-def make_backend(name: str, device: torch.device | str) -> SelfAttentionBackend:
+def make_backend(
+    name: str,
+    device: torch.device | str,
+    *,
+    layers: int = 30,
+    heads: int = 12,
+    head_dim: int = 128,
+    dtype: torch.dtype = torch.bfloat16,
+) -> SelfAttentionBackend:
     """Build the self-attention backend ``name`` (reference | flex | cupy | auto) for ``device``.
 
-    ``auto``: the cupy kernels on CUDA when they import, else FlexAttention on CUDA, else the reference.
+    ``auto``: the cupy kernels on CUDA when they import and fit (bf16, head_dim 128), else
+    FlexAttention on CUDA, else the reference. layers/heads size the cupy KV ring.
     """
     device = torch.device(device)
     if name == "reference":
@@ -274,21 +283,26 @@ def make_backend(name: str, device: torch.device | str) -> SelfAttentionBackend:
     if name == "flex":
         return FlexBackend()
     if name == "cupy":
-        return _cupy_backend(device)
+        return _cupy_backend(device, layers, heads)
     if name == "auto":
         if device.type != "cuda":
             return ReferenceBackend()
+        if dtype != torch.bfloat16 or head_dim != 128:
+            _log.info("attention: cupy kernels need bf16 and head_dim 128; using FlexAttention")
+            return FlexBackend()
         try:
-            return _cupy_backend(device)
+            return _cupy_backend(device, layers, heads)
         except ImportError as exc:
             _log.warning("attention: cupy kernels unavailable (%s); using FlexAttention", exc)
             return FlexBackend()
     raise ValueError(f"attention backend: expected reference, flex, cupy or auto, got {name!r}")
 
 
-def _cupy_backend(device: torch.device) -> SelfAttentionBackend:
+def _cupy_backend(device: torch.device, layers: int, heads: int) -> SelfAttentionBackend:
     if device.type != "cuda":
         raise ValueError(f"attention backend cupy needs a CUDA device, got {device}")
-    from livevsr.engines.flashvsr import kernels  # lazy: imports cupy
+    import cupy  # noqa: F401  (ImportError here means: pip install livevsr[cuda])
 
-    return kernels.CupyBackend(device)
+    from livevsr.engines.flashvsr import kernels
+
+    return kernels.CupyAttentionBackend(layers=layers, heads=heads)
