@@ -93,12 +93,47 @@ class WebRTCConfig:
 class StreamConfig:
     name: str = "main"  # public name: viewers open /view/<name>, WHEP at /whep/<name>
     key: str = "livevsr"  # secret stream key a publisher must present; change it
+    pull: str = ""  # pull the input from this URL (rtmp://, srt://, rtsp://, http(s)://, a file) instead
+    relays: list[str] = field(default_factory=list)  # push the upscaled stream to these rtmp(s):// URLs
+    record: bool = False  # record the upscaled stream to record.dir, a new file per publish
 
     def check(self, key: str) -> None:
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
             raise ConfigError(f"{key}.name: expected letters, digits, '-' or '_', got {self.name!r}")
         if not self.key:
             raise ConfigError(f"{key}.key: must not be empty")
+        for i, url in enumerate(self.relays):
+            if not url.startswith(("rtmp://", "rtmps://")):
+                raise ConfigError(
+                    f"{key}.relays[{i}]: expected an rtmp:// or rtmps:// URL, got {mask_url(url)!r}"
+                )
+
+
+def mask_url(url: str) -> str:
+    """A URL safe to log: the last path part (the stream key) and any query or password hidden."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    rest = rest.split("?", 1)[0]
+    host, slash, path = rest.partition("/")
+    host = host.rsplit("@", 1)[-1]
+    if not slash:
+        return f"{scheme}://{host}"
+    head, _, last = path.rpartition("/")
+    return f"{scheme}://{host}/{head + '/' if head else ''}{'****' if last else ''}"
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    dir: str = "recordings"  # files are named <stream>-<UTC time>.<ext>
+    format: str = "fmp4"  # fmp4 (fragmented MP4, playable after a crash) | mkv
+    source: bool = False  # also record the original (input size) next to the upscaled file
+
+    def check(self, key: str) -> None:
+        if self.format not in ("fmp4", "mkv"):
+            raise ConfigError(f"{key}.format: expected 'fmp4' or 'mkv', got {self.format!r}")
+        if not self.dir:
+            raise ConfigError(f"{key}.dir: must not be empty")
 
 
 @dataclass(frozen=True)
@@ -188,6 +223,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
     def check(self, key: str = "") -> None:
         for f in dataclasses.fields(self):

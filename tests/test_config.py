@@ -27,7 +27,8 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     [
         (
             "rtmpp:\n  listen: ':1'\n",
-            "rtmpp: unknown key; allowed here: encoder, engine, http, log, pipeline, rtmp, streams, webrtc",
+            "rtmpp: unknown key; allowed here: encoder, engine, http, log, pipeline, record, rtmp, streams,"
+            " webrtc",
         ),
         ("rtmp:\n  port: 1935\n", "rtmp.port: unknown key; allowed here: app, enabled,"),
         ("rtmp:\n  listen: 1935\n", "rtmp.listen: expected a string, got 1935"),
@@ -55,7 +56,15 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
             "streams:\n  - name: a\n    key: k\n  - name: b\n    key: k\n",
             "streams: two streams share the same key",
         ),
-        ("streams:\n  - name: a\n    token: k\n", "streams[0].token: unknown key; allowed here: key, name"),
+        (
+            "streams:\n  - name: a\n    token: k\n",
+            "streams[0].token: unknown key; allowed here: key, name, pull, record, relays",
+        ),
+        (
+            "streams:\n  - name: a\n    key: k\n    relays: ['http://x/live/secret']\n",
+            "streams[0].relays[0]: expected an rtmp:// or rtmps:// URL, got 'http://x/live/****'",
+        ),
+        ("record:\n  format: avi\n", "record.format: expected 'fmp4' or 'mkv', got 'avi'"),
         ("encoder:\n  bitrate_bps: 10\n", "encoder.bitrate_bps: must be >= 100000, got 10"),
         ("- a\n- b\n", "the top level must be a mapping of sections, got list"),
         ("rtmp: [\n", "not valid YAML"),
