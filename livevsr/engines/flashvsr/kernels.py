@@ -409,10 +409,21 @@ class KVRing:
 
 
 class CupyAttentionBackend:
-    """The ``cupy`` SelfAttentionBackend: KV ring + draft-mask and block-sparse attention kernels."""
+    """The ``cupy`` SelfAttentionBackend: a KV ring plus the draft-mask and block-sparse kernels.
 
-    def __init__(self, layers: int = 30, heads: int = 12) -> None:
-        self.layers, self.heads = layers, heads
+    The ring is allocated on the first ``attend`` for the stream geometry (blocks per chunk, heads,
+    device) and reallocated, empty, when that changes. ``layers`` bounds the layer index.
+    """
+
+    name = "cupy"
+
+    def __init__(self, device: torch.device | str = "cuda", layers: int = 30) -> None:
+        import cupy  # noqa: F401  (ImportError here lets make_backend("auto") fall back)
+
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError(f"CupyAttentionBackend: expected a CUDA device, got {self.device}")
+        self.layers = layers
         self._ring: KVRing | None = None
 
     @property
@@ -423,34 +434,57 @@ class CupyAttentionBackend:
         if self._ring is not None:
             self._ring.reset()
 
-    def _ring_for(self, geom: BlockGeometry, device: torch.device) -> KVRing:
+    def cached_chunks(self, layer: int, geom: BlockGeometry) -> int:
+        ring = self._ring
+        if ring is None or ring.blocks_per_chunk != geom.blocks_per_chunk:
+            return 0
+        return ring.chunks(layer)
+
+    def _ring_for(self, geom: BlockGeometry, heads: int, device: torch.device) -> KVRing:
         if geom.kv_chunks + 1 > RING_SLOTS:
             raise ValueError(
                 f"geom.kv_chunks: the KV ring holds {RING_SLOTS} chunk slots (cache + current), "
                 f"so at most {RING_SLOTS - 1} cached chunks; got {geom.kv_chunks}"
             )
         ring = self._ring
-        if ring is None or ring.blocks_per_chunk != geom.blocks_per_chunk or ring.device != device:
+        if (
+            ring is None
+            or ring.blocks_per_chunk != geom.blocks_per_chunk
+            or ring.heads != heads
+            or ring.device != device
+        ):
             self._ring = None  # free the old ring before allocating the new geometry's
-            ring = self._ring = KVRing(self.layers, geom.blocks_per_chunk, self.heads, device)
+            ring = self._ring = KVRing(self.layers, geom.blocks_per_chunk, heads, device)
         return ring
 
     def attend(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geom: BlockGeometry
     ) -> torch.Tensor:
-        """See SelfAttentionBackend.attend: q, k, v [n_q*S*128, H, 128] bf16 -> [n_q*S*128, H, 128]."""
+        """See SelfAttentionBackend.attend: q, k, v [n_q*S*128, H, 128] bf16 -> [n_q*S*128, H, 128].
+
+        k and v may be strided views (they are copied into the ring); q is made contiguous.
+        """
         chunk = geom.blocks_per_chunk * BLOCK_TOKENS
-        expect = f"[n_q*{chunk}, {self.heads}, 128]"
-        if not isinstance(q, torch.Tensor) or q.dim() != 3 or q.shape[0] == 0 or q.shape[0] % chunk:
-            got = list(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
-            raise ValueError(f"q: expected {expect} bf16, got {got}")
-        _check("q", q, (None, self.heads, HEAD_DIM), expect, torch.bfloat16)
-        _check("k", k, tuple(q.shape), f"{list(q.shape)} like q", torch.bfloat16, q.device)
-        _check("v", v, tuple(q.shape), f"{list(q.shape)} like q", torch.bfloat16, q.device)
+        expect = f"[n_q*{chunk}, heads, 128]"
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[0] == 0 or t.shape[0] % chunk:
+                got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name}: expected {expect} bf16, got {got}")
+            if (
+                t.shape != q.shape
+                or t.shape[2] != HEAD_DIM
+                or t.dtype != torch.bfloat16
+                or t.device != q.device
+            ):
+                raise ValueError(
+                    f"{name}: expected {expect} bf16 on {q.device} like q {list(q.shape)}, "
+                    f"got {t.dtype} {list(t.shape)} on {t.device}"
+                )
         if not 0 <= layer < self.layers:
             raise ValueError(f"layer: expected 0..{self.layers - 1}, got {layer}")
+        q = q.contiguous()
         n_q = q.shape[0] // chunk
-        ring = self._ring_for(geom, q.device)
+        ring = self._ring_for(geom, q.shape[1], q.device)
         if ring.chunks(layer) + n_q > ring.n_slots:
             raise ValueError(
                 f"q: {n_q} new chunks on top of {ring.chunks(layer)} cached do not fit the "
@@ -472,3 +506,6 @@ class CupyAttentionBackend:
         while ring.chunks(layer) > geom.kv_chunks:
             ring.drop_oldest(layer)
         return out
+
+
+CupyBackend = CupyAttentionBackend  # the name attention.make_backend imports
