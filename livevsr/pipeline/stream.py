@@ -13,6 +13,7 @@ import logging
 import queue
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import av
 
@@ -33,6 +34,22 @@ log = logging.getLogger(__name__)
 RENDITIONS = ("upscaled", "source")
 ENGINE_QUEUE_FRAMES = 16  # upscaled frames waiting for the encoder; backpressure onto the ring
 PIPELINE_STAGES = ("decode", "queue", "engine", "encode")
+
+
+class SessionOutput(Protocol):
+    """A consumer of one publish session's encoded packets and original audio (relay, recorder).
+
+    Methods are called on the event loop and must not block; ``close`` comes once, after the
+    session's last packet.
+    """
+
+    def video(self, rendition: str, packet: av.Packet) -> None: ...
+
+    def audio_config(self, codec: str, extradata: bytes | None, sample_rate: int, channels: int) -> None: ...
+
+    def audio(self, packet: AudioPacket) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Stream:
@@ -65,6 +82,8 @@ class Stream:
         self.dropped: dict[str, int] = {}
         self.last_pts_90k = 0
         self.broadcasters = {r: Broadcaster(self._keyframe_requester(r)) for r in RENDITIONS}
+        # Each publish session gets one output from each factory (relays, recorder: see app.py).
+        self.output_factories: list[Callable[[PublishSession], SessionOutput]] = []
         metrics.init_stream(self.name)
 
     def _keyframe_requester(self, rendition: str) -> Callable[[], None]:
@@ -160,6 +179,12 @@ class PublishSession:
             on_drop=lambda items: stream.drop("ring_full", len(items)),
         )  # fmt: skip
         self._upscaled: queue.Queue = queue.Queue(maxsize=ENGINE_QUEUE_FRAMES)
+        self.outputs: list[SessionOutput] = []
+        for factory in stream.output_factories:
+            try:
+                self.outputs.append(factory(self))
+            except Exception:  # one broken output must not stop the stream
+                log.exception("[%s] cannot start an output", self.name)
         self.decoder = DecodeThread(self.name, self.ring, stream.drop, self._on_decoded)
         self.worker = EngineWorker(
             self.name, self.engine, self.ring, self._upscaled, self.fps_hint, self._fail, stream.drop
@@ -200,10 +225,15 @@ class PublishSession:
         self.ring.put(item)
 
     def audio_config(self, codec: str, extradata: bytes | None, sample_rate: int, channels: int) -> None:
-        pass  # audio pass-through comes with the relay/recording work
+        """Audio is not upscaled: it goes straight to the outputs, which align it with the video by pts."""
+        if not self.closed:
+            for out in self.outputs:
+                out.audio_config(codec, extradata, sample_rate, channels)
 
     def audio_packet(self, packet: AudioPacket) -> None:
-        pass
+        if not self.closed:
+            for out in self.outputs:
+                out.audio(packet)
 
     def set_source_fps(self, fps: float) -> None:
         if fps > 0:
@@ -247,6 +277,8 @@ class PublishSession:
         broadcaster = self.stream.broadcasters[rendition]
         for p in packets:
             broadcaster.publish(p)
+            for out in self.outputs:
+                out.video(rendition, p)
 
     def _fail(self, reason: str) -> None:
         """A worker thread gave up: end the session with the reason (from any thread)."""
@@ -272,6 +304,9 @@ class PublishSession:
         await asyncio.to_thread(self.worker.join, 30)
         if self.encoder is not None:
             await asyncio.to_thread(self.encoder.join, 30)
+        # The encoder's last packets were queued on the loop before its thread ended: they are out.
+        for out in self.outputs:
+            out.close()
         log.debug("[%s] session threads joined in %.2fs", self.name, time.monotonic() - t0)
 
     async def wait_finished(self) -> None:
