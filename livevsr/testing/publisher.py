@@ -81,8 +81,9 @@ def publish(
     With ``realtime`` frames are sent on the wall clock (``index / fps`` after the start);
     otherwise as fast as they encode. Returns the number of frames sent.
 
-    Raises whatever PyAV raises when the server refuses the connection or the key (an ``OSError``
-    subclass such as ``av.error.InputOutputError``), or when the connection drops mid-stream.
+    Raises what PyAV raises (an ``av.error.FFmpegError``) when the server refuses the connection,
+    the application or the key (a refused key gives ``av.error.PermissionError``, also an
+    ``OSError``), or when the connection drops mid-stream.
     Runs in a forked child process unless ``in_process`` (see the module docstring).
     """
     args = (url, width, height, fps, frames, realtime, frame_hook, audio, gop)

@@ -1,0 +1,415 @@
+"""The RTMP server on loopback with real publishers (FFmpeg's RTMP client via PyAV) and raw byte clients.
+
+The authority and sink are recording fakes of our own seam; RTMP, H.264 and AAC are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import av
+import pytest
+
+from livevsr.config import RTMPConfig
+from livevsr.errors import IngestError
+from livevsr.ingest import amf0
+from livevsr.ingest.base import AudioPacket, VideoPacket
+from livevsr.ingest.chunk import (
+    COMMAND_AMF0,
+    SET_CHUNK_SIZE,
+    VIDEO,
+    ChunkReader,
+    ChunkWriter,
+)
+from livevsr.ingest.rtmp import RTMPServer
+from livevsr.testing.publisher import publish
+
+GOOD_KEYS = ("good-key-1", "good-key-2")
+BAD_KEY = "bad-secret-key"
+
+
+class RecordingSink:
+    def __init__(self, key: str, source: str) -> None:
+        self.key = key
+        self.source = source
+        self.video_configs: list[bytes | None] = []
+        self.audio_configs: list[tuple[bytes | None, int, int]] = []
+        self.video: list[VideoPacket] = []
+        self.audio: list[AudioPacket] = []
+        self.closes: list[str] = []
+
+    def video_config(self, codec: str, extradata: bytes | None) -> None:
+        assert codec == "h264"
+        self.video_configs.append(extradata)
+
+    def video_packet(self, packet: VideoPacket) -> None:
+        self.video.append(packet)
+
+    def audio_config(self, codec: str, extradata: bytes | None, sample_rate: int, channels: int) -> None:
+        assert codec == "aac"
+        self.audio_configs.append((extradata, sample_rate, channels))
+
+    def audio_packet(self, packet: AudioPacket) -> None:
+        self.audio.append(packet)
+
+    def close(self, reason: str) -> None:
+        self.closes.append(reason)
+
+
+class RecordingAuthority:
+    def __init__(self) -> None:
+        self.sinks: list[RecordingSink] = []
+        self.refused: list[str] = []
+
+    def open_publish(self, key: str, source: str) -> RecordingSink:
+        if key not in GOOD_KEYS:
+            self.refused.append(source)
+            raise IngestError("unknown stream key")
+        sink = RecordingSink(key, source)
+        self.sinks.append(sink)
+        return sink
+
+    def sinks_for(self, key: str) -> list[RecordingSink]:
+        return [s for s in self.sinks if s.key == key]
+
+
+def make_config(**overrides: Any) -> RTMPConfig:
+    values: dict[str, Any] = {"listen": "127.0.0.1:0", "handshake_timeout_s": 2.0, "idle_timeout_s": 5.0}
+    values.update(overrides)
+    return RTMPConfig(**values)
+
+
+@pytest.fixture
+async def authority() -> RecordingAuthority:
+    return RecordingAuthority()
+
+
+@pytest.fixture
+async def server(authority: RecordingAuthority) -> AsyncIterator[RTMPServer]:
+    srv = RTMPServer(make_config(), authority)
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def url(server: RTMPServer, key: str, app: str = "live") -> str:
+    return f"rtmp://127.0.0.1:{server.port}/{app}/{key}"
+
+
+def decode_h264(sink: RecordingSink) -> list[av.VideoFrame]:
+    ctx = av.CodecContext.create("h264", "r")
+    ctx.extradata = sink.video_configs[-1]
+    frames: list[av.VideoFrame] = []
+    for packet in sink.video:
+        frames += ctx.decode(av.Packet(packet.data))
+    frames += ctx.decode(None)
+    return frames
+
+
+# -- real publishers ---------------------------------------------------------------------------------
+
+
+async def test_publish_delivers_decodable_h264(server: RTMPServer, authority: RecordingAuthority) -> None:
+    sent = await asyncio.to_thread(publish, url(server, GOOD_KEYS[0]), 320, 180, 30, 30, realtime=False, gop=10)
+    assert sent == 30
+    await until(lambda: server.connection_count == 0, what="the publisher's connection to close")
+    (sink,) = authority.sinks
+    assert sink.source.startswith("rtmp 127.0.0.1:")
+    assert len(sink.video_configs) == 1 and sink.video_configs[0][:1] == b"\x01"  # avcC version 1
+    assert len(sink.video) == 30
+    assert [p.keyframe for p in sink.video] == [i % 10 == 0 for i in range(30)]
+    dts = [p.dts_ms for p in sink.video]
+    assert dts == sorted(dts) and all(p.pts_ms == p.dts_ms for p in sink.video)  # no B-frames
+    assert 900 <= dts[-1] - dts[0] <= 1000  # 29 frame intervals at 30 fps
+    assert all(p.recv_ns <= time.monotonic_ns() for p in sink.video)
+    frames = decode_h264(sink)
+    assert len(frames) == 30
+    assert {(f.width, f.height) for f in frames} == {(320, 180)}
+    assert sink.closes == ["publisher stopped (FCUnpublish)"]
+
+
+async def test_audio_packets_arrive(server: RTMPServer, authority: RecordingAuthority) -> None:
+    await asyncio.to_thread(publish, url(server, GOOD_KEYS[0]), 160, 90, 30, 30, realtime=False, audio=True)
+    await until(lambda: bool(authority.sinks and authority.sinks[0].closes), what="the publish to end")
+    (sink,) = authority.sinks
+    ((asc, rate, channels),) = sink.audio_configs
+    assert (rate, channels) == (48000, 2)
+    assert len(sink.audio) >= 40  # ~1 s of 1024-sample frames at 48 kHz (47), minus encoder delay
+    pts = [p.pts_ms for p in sink.audio]
+    assert pts == sorted(pts) and {p.codec for p in sink.audio} == {"aac"}
+    ctx = av.CodecContext.create("aac", "r")
+    ctx.extradata = asc
+    samples = sum(f.samples for p in sink.audio for f in ctx.decode(av.Packet(p.data)))
+    assert samples >= 40 * 1024
+
+
+async def test_wrong_key_is_refused_while_another_publish_goes_on(
+    server: RTMPServer, authority: RecordingAuthority, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="livevsr.ingest.rtmp")
+    good = asyncio.ensure_future(asyncio.to_thread(publish, url(server, GOOD_KEYS[0]), 160, 90, 30, 75))
+    await until(lambda: bool(authority.sinks and len(authority.sinks[0].video) >= 5), what="the good publish")
+    with pytest.raises(OSError):
+        await asyncio.to_thread(publish, url(server, BAD_KEY), 160, 90, 30, 30, realtime=False)
+    assert len(authority.refused) == 1 and len(authority.sinks) == 1
+    count_after_refusal = len(authority.sinks[0].video)
+    await until(lambda: len(authority.sinks[0].video) > count_after_refusal + 10, what="more good packets")
+    assert await good == 75
+    await until(lambda: bool(authority.sinks[0].closes))
+    assert len(authority.sinks[0].video) == 75
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1
+    assert "publish rtmp://…/live/**** refused: unknown stream key" in refused[0]
+    assert BAD_KEY not in caplog.text and GOOD_KEYS[0] not in caplog.text
+
+
+async def test_two_publishers_at_once_then_reconnect(server: RTMPServer, authority: RecordingAuthority) -> None:
+    first = asyncio.to_thread(publish, url(server, GOOD_KEYS[0]), 320, 180, 30, 45, gop=15)
+    second = asyncio.to_thread(publish, url(server, GOOD_KEYS[1]), 160, 96, 30, 45, gop=15)
+    assert await asyncio.gather(first, second) == [45, 45]
+    await until(lambda: server.connection_count == 0)
+    for key, size in ((GOOD_KEYS[0], (320, 180)), (GOOD_KEYS[1], (160, 96))):
+        (sink,) = authority.sinks_for(key)
+        frames = decode_h264(sink)
+        assert len(frames) == 45 and {(f.width, f.height) for f in frames} == {size}
+        assert sink.closes == ["publisher stopped (FCUnpublish)"]
+    # The same key again after a disconnect: a fresh open_publish and a fresh sink.
+    assert await asyncio.to_thread(publish, url(server, GOOD_KEYS[0]), 160, 90, 30, 10, realtime=False) == 10
+    await until(lambda: len(authority.sinks_for(GOOD_KEYS[0])) == 2 and bool(authority.sinks[-1].closes))
+    again = authority.sinks_for(GOOD_KEYS[0])[1]
+    assert len(decode_h264(again)) == 10 and again.closes == ["publisher stopped (FCUnpublish)"]
+    assert authority.sinks_for(GOOD_KEYS[0])[0].closes == ["publisher stopped (FCUnpublish)"]
+
+
+async def test_garbage_connections_do_not_disturb_a_publish(
+    server: RTMPServer, authority: RecordingAuthority, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="livevsr.ingest.rtmp")
+    good = asyncio.ensure_future(asyncio.to_thread(publish, url(server, GOOD_KEYS[0]), 160, 90, 30, 45))
+    await until(lambda: bool(authority.sinks and authority.sinks[0].video), what="the good publish")
+    for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01", os.urandom(4096)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(junk)
+        assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed without an answer
+        writer.close()
+    assert await good == 45
+    await until(lambda: bool(authority.sinks[0].closes))
+    assert len(authority.sinks[0].video) == 45
+    text = caplog.text
+    assert "HTTP request" in text and "TLS handshake on the plain RTMP port" in text
+
+
+async def test_stop_closes_open_publishes(authority: RecordingAuthority) -> None:
+    srv = RTMPServer(make_config(), authority)
+    await srv.start()
+    publisher = asyncio.ensure_future(asyncio.to_thread(publish, url(srv, GOOD_KEYS[0]), 160, 90, 30, 300))
+    await until(lambda: bool(authority.sinks and authority.sinks[0].video), what="the publish")
+    await srv.stop()
+    assert authority.sinks[0].closes == ["server stopping"]
+    assert srv.connection_count == 0
+    with pytest.raises(OSError):
+        await asyncio.wait_for(publisher, 10.0)
+
+
+async def test_wrong_app_is_refused(server: RTMPServer, authority: RecordingAuthority) -> None:
+    with pytest.raises(av.error.FFmpegError):  # ffmpeg turns the _error into AVERROR_UNKNOWN
+        await asyncio.to_thread(publish, url(server, GOOD_KEYS[0], app="other"), 160, 90, 30, 5, realtime=False)
+    assert authority.sinks == [] and authority.refused == []
+
+
+# -- raw byte clients ----------------------------------------------------------------------------------
+
+
+class RawClient:
+    """Speaks just enough RTMP, byte by byte, to push the server into corners."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.chunks = ChunkWriter()
+        self.incoming = ChunkReader(max_message_bytes=1 << 24, max_chunk_size=1 << 24)
+
+    @classmethod
+    async def connect(cls, port: int, handshake: bool = True) -> RawClient:
+        client = cls(*await asyncio.open_connection("127.0.0.1", port))
+        if handshake:
+            client.writer.write(b"\x03" + bytes(1536))
+            s0s1s2 = await asyncio.wait_for(client.reader.readexactly(1 + 2 * 1536), 5.0)
+            assert s0s1s2[0] == 3 and s0s1s2[1 + 1536 :] == bytes(1536)  # S2 echoes C1
+            client.writer.write(bytes(1536))
+        return client
+
+    def send(self, csid: int, type_id: int, stream_id: int, payload: bytes) -> None:
+        self.writer.write(self.chunks.write(csid, type_id, stream_id, 0, payload))
+
+    def command(self, stream_id: int, *values: Any) -> None:
+        self.send(3 if stream_id == 0 else 8, COMMAND_AMF0, stream_id, amf0.encode(*values))
+
+    async def until_command(self, name: str) -> list[Any]:
+        """Read messages until a command called ``name`` arrives; return its values."""
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), 5.0)
+            assert data, f"connection closed before {name!r}"
+            for message in self.incoming.feed(data):
+                if message.type_id == COMMAND_AMF0:
+                    values = amf0.decode_all(message.payload)
+                    if values[0] == name:
+                        return values
+
+    async def publish(self, key: str) -> None:
+        self.command(0, "connect", 1, {"app": "live", "tcUrl": "rtmp://127.0.0.1/live"})
+        await self.until_command("_result")
+        self.command(0, "createStream", 2, None)
+        result = await self.until_command("_result")
+        self.command(int(result[3]), "publish", 3, None, key, "live")
+        status = await self.until_command("onStatus")
+        assert status[3]["code"] == "NetStream.Publish.Start"
+
+    async def closed_by_server(self, timeout_s: float = 5.0) -> float:
+        """Wait for EOF from the server; return how long it took."""
+        start = time.monotonic()
+        while await asyncio.wait_for(self.reader.read(65536), timeout_s):
+            pass
+        self.writer.close()
+        return time.monotonic() - start
+
+
+def warnings_from(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (struct.pack(">I", 1 << 31), "chunk size 2147483648; it must be 1..2147483647"),
+        (struct.pack(">I", 0), "chunk size 0; it must be"),
+        (struct.pack(">I", 65537), "chunk size 65537, above rtmp.max_chunk_size 65536"),
+    ],
+)
+async def test_bad_chunk_size_closes_only_that_connection(
+    server: RTMPServer, caplog: pytest.LogCaptureFixture, payload: bytes, reason: str
+) -> None:
+    bystander = await RawClient.connect(server.port)
+    client = await RawClient.connect(server.port)
+    client.send(2, SET_CHUNK_SIZE, 0, payload)
+    await client.closed_by_server()
+    (line,) = [w for w in warnings_from(caplog) if "closed" in w]
+    assert line.startswith("[RTMP] [127.0.0.1:") and reason in line
+    await until(lambda: server.connection_count == 1, what="only the bystander left")
+    bystander.writer.close()
+
+
+async def test_oversized_message_claim_closes_the_connection(
+    server: RTMPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await RawClient.connect(server.port)
+    client.writer.write(b"\x06" + bytes(3) + b"\xff\xff\xff" + bytes([VIDEO]) + (1).to_bytes(4, "little"))
+    await client.closed_by_server()
+    (line,) = [w for w in warnings_from(caplog) if "closed" in w]
+    assert "16777215-byte message, above rtmp.max_message_bytes 8000000" in line
+
+
+async def test_hevc_publish_is_refused_with_advice(
+    server: RTMPServer, authority: RecordingAuthority, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await RawClient.connect(server.port)
+    await client.publish(GOOD_KEYS[0])
+    client.send(6, VIDEO, 1, b"\x90hvc1" + bytes(30))  # Enhanced RTMP HEVC SequenceStart
+    await client.closed_by_server()
+    (sink,) = authority.sinks
+    (reason,) = sink.closes
+    assert reason.startswith("video codec hevc is not supported; use H.264") and "OBS" in reason
+
+
+async def test_deep_amf0_closes_the_connection(server: RTMPServer, caplog: pytest.LogCaptureFixture) -> None:
+    client = await RawClient.connect(server.port)
+    deep = b"\x03\x00\x01a" * 40 + b"\x05" + b"\x00\x00\x09" * 40
+    client.send(3, COMMAND_AMF0, 0, amf0.encode("connect", 1) + deep)
+    await client.closed_by_server()
+    assert any("nesting deeper than 32 levels" in w for w in warnings_from(caplog))
+
+
+async def test_command_before_connect_and_bad_c0(server: RTMPServer, caplog: pytest.LogCaptureFixture) -> None:
+    client = await RawClient.connect(server.port)
+    client.command(0, "publish", 1, None, GOOD_KEYS[0], "live")
+    await client.closed_by_server()
+    rtmpe = await RawClient.connect(server.port, handshake=False)
+    rtmpe.writer.write(b"\x06" + bytes(1536))
+    await rtmpe.closed_by_server()
+    lines = warnings_from(caplog)
+    assert any("command 'publish' before connect" in w for w in lines)
+    assert any("encrypted RTMP (RTMPE" in w for w in lines)
+
+
+async def test_handshake_and_idle_timeouts(authority: RecordingAuthority, caplog: pytest.LogCaptureFixture) -> None:
+    srv = RTMPServer(make_config(handshake_timeout_s=0.3, idle_timeout_s=0.5), authority)
+    await srv.start()
+    try:
+        silent = await RawClient.connect(srv.port, handshake=False)
+        silent.writer.write(b"\x03" + bytes(100))  # C0 and part of C1, then nothing
+        assert 0.2 < await silent.closed_by_server() < 3.0
+        idle = await RawClient.connect(srv.port)
+        await idle.publish(GOOD_KEYS[0])
+        assert 0.3 < await idle.closed_by_server() < 3.0
+        assert authority.sinks[0].closes == ["no data for 0.5 s (rtmp.idle_timeout_s)"]
+        lines = warnings_from(caplog)
+        assert any("handshake not finished within 0.3 s" in w for w in lines)
+    finally:
+        await srv.stop()
+
+
+async def test_connections_per_ip_cap(authority: RecordingAuthority, caplog: pytest.LogCaptureFixture) -> None:
+    srv = RTMPServer(make_config(max_connections_per_ip=2), authority)
+    await srv.start()
+    try:
+        first = await RawClient.connect(srv.port)
+        second = await RawClient.connect(srv.port)
+        third = await RawClient.connect(srv.port, handshake=False)
+        await third.closed_by_server()
+        assert any("refused: 2 connections from 127.0.0.1 already open" in w for w in warnings_from(caplog))
+        first.writer.close()
+        await until(lambda: srv.connection_count == 1)
+        fourth = await RawClient.connect(srv.port)  # a slot is free again
+        await until(lambda: srv.connection_count == 2)
+        second.writer.close()
+        fourth.writer.close()
+    finally:
+        await srv.stop()
+
+
+async def test_chunked_publish_with_tiny_chunks_and_extended_timestamps(
+    server: RTMPServer, authority: RecordingAuthority
+) -> None:
+    """A raw publisher that never raises the chunk size and whose clock is past 2**24 ms."""
+    client = await RawClient.connect(server.port)
+    await client.publish(GOOD_KEYS[0])
+    avcc = b"\x01\x42\xc0\x1e\xff\xe1\x00\x04SPS!\x01\x00\x03PPS"
+    start = 0xFFFFF0
+    client.writer.write(client.chunks.write(6, VIDEO, 1, start, b"\x17\x00\x00\x00\x00" + avcc))
+    for i in range(5):
+        body = (b"\x17" if i == 0 else b"\x27") + b"\x01\x00\x00\x00" + struct.pack(">I", 300) + bytes(300)
+        client.writer.write(client.chunks.write(6, VIDEO, 1, start + 33 * i, body))
+    client.command(1, "deleteStream", 4, None, 1)
+    await until(lambda: bool(authority.sinks and authority.sinks[0].closes))
+    (sink,) = authority.sinks
+    assert sink.video_configs == [avcc]
+    assert [p.dts_ms for p in sink.video] == [start + 33 * i for i in range(5)]
+    assert [p.keyframe for p in sink.video] == [True, False, False, False, False]
+    assert all(len(p.data) == 304 for p in sink.video)
+    assert sink.closes == ["publisher stopped (deleteStream)"]
+    client.writer.close()
+
