@@ -12,6 +12,7 @@ that id on exit, with its helper processes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -118,6 +119,18 @@ class Chromium:
         self._ws = await self._session.ws_connect(ws_url, max_msg_size=64 * 1024 * 1024)
         self._reader = asyncio.create_task(self._read_loop())
         await self.send("Runtime.enable")
+        await self._wait_loaded()
+
+    async def _wait_loaded(self) -> None:
+        """Until the page has navigated away from about:blank and finished loading."""
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChromiumError):
+                state = await self.evaluate("[location.href, document.readyState]", timeout_s=5)
+                if state and state[0] != "about:blank" and state[1] == "complete":
+                    return
+            await asyncio.sleep(0.1)
+        raise ChromiumError(f"{self.url} did not finish loading within {self.startup_timeout_s} s")
 
     async def _devtools_port(self) -> int:
         assert self._proc is not None and self._profile is not None
@@ -203,6 +216,11 @@ class Chromium:
             text = details.get("exception", {}).get("description") or details.get("text", "")
             raise ChromiumError(f"evaluate {expr!r} threw: {text}")
         return result.get("result", {}).get("value")
+
+    async def screenshot(self, path: str | Path) -> None:
+        """Save what the page shows now as a PNG, for looking at a failure."""
+        result = await self.send("Page.captureScreenshot", {"format": "png"})
+        Path(path).write_bytes(base64.b64decode(result["data"]))
 
     async def wait_for(self, expr: str, timeout_s: float = 30.0, interval_s: float = 0.25) -> Any:
         """Evaluate ``expr`` until it is truthy and return that value; ChromiumError on timeout."""
