@@ -11,6 +11,7 @@ from aiohttp import web
 from livevsr import __version__
 from livevsr.config import Config, split_host_port
 from livevsr.engines.registry import choose_engine
+from livevsr.ingest.whip import WhipServer
 from livevsr.pipeline.manager import StreamManager
 from livevsr.publish.whep import WhepServer
 from livevsr.server.routes import build_app
@@ -35,6 +36,7 @@ class App:
         self.engine_choice = choose_engine(config.engine)
         self.manager: StreamManager | None = None
         self.whep = WhepServer(config.webrtc.max_viewers_per_stream)
+        self.whip: WhipServer | None = None
         self.rtmp = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -50,7 +52,8 @@ class App:
             "livevsr %s: engine %s (%s)", __version__, self.engine_choice.name, self.engine_choice.reason
         )
 
-        app = build_app(self.manager, self.whep, self.metrics, self.ready)
+        self.whip = WhipServer(self.manager)
+        app = build_app(self.manager, self.whep, self.metrics, self.ready, self.whip)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = split_host_port(self.config.http.listen)
@@ -80,6 +83,8 @@ class App:
             self.manager.accepting = False
         if self.rtmp is not None:
             await self.rtmp.stop()
+        if self.whip is not None:
+            await self.whip.close_all()
         if self.manager is not None:
             await self.manager.close()
         await self.whep.close_all()

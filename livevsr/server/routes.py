@@ -9,6 +9,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livevsr import __version__
+from livevsr.errors import IngestError
+from livevsr.ingest import whip as whip_ingest
+from livevsr.ingest.whip import WhipServer
 from livevsr.pipeline.manager import StreamManager
 from livevsr.publish.whep import OfferError, WhepServer
 from livevsr.telemetry.metrics import Metrics
@@ -30,7 +33,9 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=CORS_HEADERS)
 
 
-def build_app(manager: StreamManager, whep: WhepServer, metrics: Metrics, ready: dict) -> web.Application:
+def build_app(
+    manager: StreamManager, whep: WhepServer, metrics: Metrics, ready: dict, whip: WhipServer | None = None
+) -> web.Application:
     app = web.Application(client_max_size=MAX_SDP_BYTES)
 
     async def index(request: web.Request) -> web.StreamResponse:
@@ -78,6 +83,43 @@ def build_app(manager: StreamManager, whep: WhepServer, metrics: Metrics, ready:
         # Answers are complete (aiortc gathers every candidate first), so trickle ICE is not needed.
         return web.Response(status=405, headers={**CORS_HEADERS, "Allow": "DELETE"})
 
+    async def whip_post(request: web.Request) -> web.Response:
+        assert whip is not None
+        token = whip_ingest.bearer_token(request.headers.get("Authorization"))
+        if request.content_type != "application/sdp":
+            return _error(415, "send the SDP offer with Content-Type: application/sdp")
+        try:
+            offer = await request.text()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "SDP offer too large")
+        try:
+            session, answer = await whip.create(
+                request.match_info.get("name"), token, offer, request.remote or "unknown"
+            )
+        except whip_ingest.AuthError:
+            log.warning("WHIP publish refused from %s: bad or missing token", request.remote)
+            return web.json_response(
+                {"error": "unauthorized: set the stream key as the Bearer token"}, status=401,
+                headers={**CORS_HEADERS, "WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        except whip_ingest.NoSuchStream:
+            return _error(404, "no such stream")
+        except whip_ingest.OfferError as exc:
+            return _error(400, str(exc))
+        except IngestError as exc:
+            return _error(503, str(exc))
+        location = f"/whip/{session.stream_name}/session/{session.id}"
+        return web.Response(
+            status=201, text=answer, content_type="application/sdp",
+            headers={**CORS_HEADERS, "Location": location},
+        )  # fmt: skip
+
+    async def whip_delete(request: web.Request) -> web.Response:
+        assert whip is not None
+        if await whip.close(request.match_info["session"], "publisher sent DELETE"):
+            return web.Response(status=200, headers=CORS_HEADERS)
+        return _error(404, "no such WHIP session")
+
     async def options(request: web.Request) -> web.Response:
         return web.Response(status=204, headers=CORS_HEADERS)
 
@@ -108,6 +150,13 @@ def build_app(manager: StreamManager, whep: WhepServer, metrics: Metrics, ready:
     app.router.add_delete("/whep/{name}/session/{session}", whep_delete)
     app.router.add_patch("/whep/{name}/session/{session}", whep_patch)
     app.router.add_route("OPTIONS", "/whep/{name}/session/{session}", options)
+    if whip is not None:
+        for path in ("/whip", "/whip/{name}"):
+            app.router.add_post(path, whip_post)
+            app.router.add_route("OPTIONS", path, options)
+        app.router.add_delete("/whip/{name}/session/{session}", whip_delete)
+        app.router.add_patch("/whip/{name}/session/{session}", whep_patch)  # 405: no trickle ICE
+        app.router.add_route("OPTIONS", "/whip/{name}/session/{session}", options)
     app.router.add_get("/api/streams", api_streams)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
