@@ -50,6 +50,10 @@ IGNORED_PREFIXES: dict[str, tuple[str, ...]] = {
     "tc_decoder": ("encoder.",),
 }
 HINT = "point engine.flashvsr.weights_dir at the files from huggingface.co/JunhaoZhuang/FlashVSR"
+PROMPT_HINT = (
+    "copy examples/WanVSR/prompt_tensor/posi_prompt.pth from github.com/OpenImagingLab/FlashVSR "
+    "into engine.flashvsr.weights_dir"
+)
 PROMPT_DIM = 4096  # T5 width of the prompt tensor (the DiT's text_dim)
 SHOWN_KEYS = 3  # keys named per kind of problem in a message
 
@@ -108,7 +112,8 @@ class FileReport:
         """One line naming the file and what is wrong with it; empty when the file is fine."""
         if self.ok:
             return ""
-        return f"weights: {self.path}: " + "; ".join(self.details()) + f"; {HINT}"
+        hint = PROMPT_HINT if self.name == "prompt" else HINT
+        return f"weights: {self.path}: " + "; ".join(self.details()) + f"; {hint}"
 
 
 class _FileProblem(Exception):
@@ -414,7 +419,7 @@ def weights_check_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     reports = inspect_dir(args.dir, args.variant)
     width = max(len(r.path.name) for r in reports)
-    print(f"checking {args.dir} for the {args.variant} set of FlashVSR weights")
+    print(f"checking {args.dir} for the FlashVSR weights ({args.variant}: {len(reports)} files)")
     for r in reports:
         if r.ok:
             detail = r.summary or f"{r.tensors} tensors, {r.parameters:,} parameters"
@@ -422,7 +427,8 @@ def weights_check_main(argv: list[str]) -> int:
                 detail += f" ({len(r.ignored)} encoder keys skipped)"
             print(f"  OK    {r.path.name:<{width}}  {detail}")
         else:
-            print(f"  FAIL  {r.path.name:<{width}}  {'; '.join(r.details())}")
+            where = f"; {PROMPT_HINT}" if r.name == "prompt" else ""
+            print(f"  FAIL  {r.path.name:<{width}}  {'; '.join(r.details())}{where}")
     bad = sum(not r.ok for r in reports)
     if bad:
         print(f"{bad} of {len(reports)} files have problems; {HINT}")

@@ -288,7 +288,9 @@ def test_unreadable_and_absent_files(tmp_path: Path) -> None:
     ):
         load_wan_vae_decoder(tmp_path)
     torch.save({"prompt": torch.zeros(1, 2, 4096)}, tmp_path / WEIGHT_FILES["prompt"])
-    with pytest.raises(WeightsError, match=r"expected a bare tensor \[1, S, 4096\], got a dict"):
+    with pytest.raises(
+        WeightsError, match=r"got a dict; copy examples/WanVSR/prompt_tensor/posi_prompt\.pth from"
+    ):
         load_prompt(tmp_path)
     torch.save(torch.zeros(2, 4096), tmp_path / WEIGHT_FILES["prompt"])
     with pytest.raises(WeightsError, match=r"got torch.float32 \[2, 4096\]"):
@@ -322,7 +324,7 @@ def test_check_main_reports_each_file_and_fails_on_a_problem(
     (tmp_path / WEIGHT_FILES["tc_decoder"]).unlink()
     assert weights_check_main([str(tmp_path)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"checking {tmp_path} for the all set of FlashVSR weights"
+    assert lines[0] == f"checking {tmp_path} for the FlashVSR weights (all: 5 files)"
     by_file = {line.split()[1]: line.split()[0] for line in lines[1:6]}
     assert by_file == {
         "diffusion_pytorch_model_streaming_dmd.safetensors": "OK",
