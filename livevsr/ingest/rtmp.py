@@ -96,6 +96,7 @@ class RTMPServer:
     async def start(self) -> None:
         """Bind ``config.listen`` ("127.0.0.1:0" gives an ephemeral port) and start accepting."""
         host, port = split_host_port(self.config.listen)
+        host = host.strip("[]")  # "[::]:1935" binds IPv6
         self._server = await asyncio.start_server(self._on_client, host, port, reuse_address=True)
         log.info("[RTMP] listening on %s:%d, application %r", host, self.port, self.config.app)
 
@@ -201,10 +202,11 @@ class _Connection:
         self.writer.transport.close()
 
     async def run(self) -> None:
-        log.info("%s opened", self.prefix)
         reason, level = "closed", logging.INFO
         try:
             await self._handshake()
+            # Logged after the handshake, so a port scan or a stray HTTP request is one line, not two.
+            log.info("%s opened", self.prefix)
             await self._read_loop()
         except _Closed as exc:
             reason, level = exc.reason, exc.level
