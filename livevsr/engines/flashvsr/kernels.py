@@ -46,23 +46,28 @@ _TOPK_THREADS = 1024
 _LOG2E = 1.4426950408889634
 
 _lock = threading.Lock()
+_modules: dict[tuple[str, int], Any] = {}  # (source, device) -> cupy.RawModule
 _functions: dict[tuple[str, str, int], Any] = {}
 
 
 def _function(source: str, name: str, device: torch.device) -> Any:
-    """The compiled kernel `name` of kernels/`source` on `device` (compiled once per process)."""
+    """The compiled kernel `name` of kernels/`source` on `device` (each source compiled once)."""
     import cupy
 
-    key = (source, name, device.index or 0)
+    dev = device.index if device.index is not None else torch.cuda.current_device()
+    key = (source, name, dev)
     with _lock:
         fn = _functions.get(key)
         if fn is None:
-            with cupy.cuda.Device(key[2]):
-                mod = cupy.RawModule(
-                    code=(KERNEL_DIR / source).read_text(), options=NVRTC_OPTIONS, backend="nvrtc"
-                )
+            with cupy.cuda.Device(dev):
+                mod = _modules.get((source, dev))
+                if mod is None:
+                    code = (KERNEL_DIR / source).read_text()
+                    mod = _modules[(source, dev)] = cupy.RawModule(
+                        code=code, options=NVRTC_OPTIONS, backend="nvrtc"
+                    )
                 fn = mod.get_function(name)
-                if name in DYNAMIC_SMEM_MAX_BYTES and DYNAMIC_SMEM_MAX_BYTES[name] > 48 * 1024:
+                if DYNAMIC_SMEM_MAX_BYTES.get(name, 0) > 48 * 1024:  # opt in above the default 48 KiB
                     fn.max_dynamic_shared_size_bytes = DYNAMIC_SMEM_MAX_BYTES[name]
             _functions[key] = fn
     return fn
@@ -80,8 +85,9 @@ def _launch(
     import cupy
 
     fn = _function(source, name, device)
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device.index or 0)
-    with cupy.cuda.Device(device.index or 0), stream:
+    dev = device.index if device.index is not None else torch.cuda.current_device()
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, dev)
+    with cupy.cuda.Device(dev), stream:  # on torch's stream: ordered with the surrounding torch ops
         fn(grid, block, args, shared_mem=shared_mem)
 
 
@@ -115,6 +121,10 @@ def _check(
         raise ValueError(f"{name}: expected {want} on {device} (like q), got {t.device}")
     if not t.is_contiguous():
         raise ValueError(f"{name}: expected {want}, got a non-contiguous tensor (strides {t.stride()})")
+    if t.data_ptr() % 16:  # the kernels move 16-byte vectors
+        raise ValueError(
+            f"{name}: expected {want} starting on a 16-byte boundary, got address {t.data_ptr():#x}"
+        )
 
 
 def _check_slots(slots: Sequence[int], n_slots: int) -> tuple[int, int, int, int]:
