@@ -92,6 +92,8 @@ class RTMPServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._per_ip: dict[str, int] = {}
+        self._refused_unlogged = 0  # connections refused by the per-IP cap since the last log line
+        self._refused_logged_at = -1e9
 
     async def start(self) -> None:
         """Bind ``config.listen`` ("127.0.0.1:0" gives an ephemeral port) and start accepting."""
@@ -131,10 +133,7 @@ class RTMPServer:
         ip, port = str(address[0]), int(address[1])
         peer = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         if self._per_ip.get(ip, 0) >= self.config.max_connections_per_ip:
-            log.warning(
-                "[RTMP] [%s] refused: %d connections from %s already open (rtmp.max_connections_per_ip)",
-                peer, self._per_ip[ip], ip,
-            )  # fmt: skip
+            self._log_refusal(peer, ip)
             writer.close()
             return
         conn = _Connection(self, reader, writer, peer)
@@ -148,6 +147,21 @@ class RTMPServer:
             self._per_ip[ip] -= 1
             if not self._per_ip[ip]:
                 del self._per_ip[ip]
+
+
+    def _log_refusal(self, peer: str, ip: str) -> None:
+        """One line per second at most, however fast one address retries."""
+        self._refused_unlogged += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at < 1.0:
+            return
+        more = self._refused_unlogged - 1
+        log.warning(
+            "[RTMP] [%s] refused: %d connections from %s already open (rtmp.max_connections_per_ip)%s",
+            peer, self._per_ip[ip], ip, f"; {more} more refused since the last line" if more else "",
+        )  # fmt: skip
+        self._refused_logged_at = now
+        self._refused_unlogged = 0
 
 
 class _Closed(Exception):
@@ -217,12 +231,15 @@ class _Connection:
         except Exception:
             log.exception("%s internal error", self.prefix)
             reason, level = "internal error", logging.ERROR
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
         finally:
             if self._abort_reason is not None:
                 reason, level = self._abort_reason, logging.INFO
             self._close_sink(reason)
             self.writer.close()
-        log.log(level, "%s closed: %s", self.prefix, reason)
+            log.log(level, "%s closed: %s", self.prefix, reason)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)
 
