@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from livevsr.telemetry.timing import FrameTiming
 
 log = logging.getLogger(__name__)
 
+MAX_TIMINGS_IN_DECODER = 64  # far more than any decoder's reorder delay
 BACKLOG_PACKETS = 300  # ~10 s at 30 fps of compressed input waiting for the decoder
 
 
@@ -45,6 +47,9 @@ class DecodeThread:
         self._queue: queue.Queue = queue.Queue(maxsize=BACKLOG_PACKETS)
         self._skip_to_keyframe = False
         self._ctx: av.CodecContext | None = None
+        # Each frame finds its timing by pts. (PyAV's packet/frame ``opaque`` keys objects by id(),
+        # which a recycled object address can clobber: frames silently lost their timing.)
+        self._timings: dict[int, deque[FrameTiming]] = {}
         self._thread = threading.Thread(target=self._run, name=f"decode-{name}", daemon=True)
         self._thread.start()
 
@@ -100,8 +105,20 @@ class DecodeThread:
         ctx = av.CodecContext.create(codec, "r")
         if extradata:
             ctx.extradata = extradata
-        ctx.copy_opaque = True  # packet.opaque (FrameTiming) comes out on the frame
         self._ctx = ctx
+
+    def _take_timing(self, pts: int | None) -> FrameTiming | None:
+        waiting = self._timings.get(pts) if pts is not None else None
+        if not waiting:
+            return None
+        timing = waiting.popleft()
+        if not waiting:
+            del self._timings[pts]
+        # Timings of packets that never produced a frame (corrupt data) would pile up: drop stale ones.
+        if len(self._timings) > MAX_TIMINGS_IN_DECODER:
+            for stale in sorted(self._timings)[: len(self._timings) - MAX_TIMINGS_IN_DECODER]:
+                del self._timings[stale]
+        return timing
 
     def _decode(self, packet: VideoPacket | None, timing: FrameTiming | None) -> None:
         if self._ctx is None:
@@ -114,7 +131,7 @@ class DecodeThread:
             else:
                 pkt = av.Packet(packet.data)
                 pkt.pts, pkt.dts = packet.pts_ms, packet.dts_ms
-                pkt.opaque = timing
+                self._timings.setdefault(packet.pts_ms, deque()).append(timing)
                 frames = self._ctx.decode(pkt)
         except (av.error.FFmpegError, ValueError) as exc:
             if packet is not None:
@@ -122,7 +139,7 @@ class DecodeThread:
                 self._on_drop("decode_error", 1)
             return
         for frame in frames:
-            t = frame.opaque if isinstance(frame.opaque, FrameTiming) else None
+            t = self._take_timing(frame.pts)
             if t is None:  # concealment output without its packet's timing
                 continue
             t.mark("decoded")

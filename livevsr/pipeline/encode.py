@@ -46,7 +46,7 @@ def pick_codec(config: EncoderConfig) -> str:
 
 
 class VideoEncoder:
-    """Encodes yuv420p frames of one size; ``encode`` returns packets with the frames' opaque data."""
+    """Encodes yuv420p frames of one size into H.264 packets."""
 
     def __init__(
         self,
@@ -71,7 +71,6 @@ class VideoEncoder:
         ctx.bit_rate = bitrate_bps or config.bitrate_bps
         ctx.gop_size = keyint
         ctx.max_b_frames = 0
-        ctx.copy_opaque = True  # FrameTiming rides from frame.opaque to packet.opaque
         if self.codec_name == "libx264":
             ctx.options = {
                 "preset": preset or config.preset,
@@ -93,15 +92,19 @@ class VideoEncoder:
         """Thread-safe: the next encoded frame will be an IDR."""
         self._keyframe_requested.set()
 
-    def encode(self, frame: av.VideoFrame, pts: int, opaque: object = None) -> list[av.Packet]:
-        """Encode one frame at ``pts`` (in 1/90000 s); pts is forced strictly increasing."""
+    def next_pts(self, pts: int) -> int:
+        """The pts ``encode`` will give a frame asked for at ``pts``: strictly increasing."""
+        return max(pts, self._last_pts + 1)
+
+    def encode(self, frame: av.VideoFrame, pts: int) -> list[av.Packet]:
+        """Encode one frame at ``pts`` (in 1/90000 s); pts is forced strictly increasing, and the
+        packets carry it (no B-frames: one packet per frame, in order)."""
         if frame.format.name != "yuv420p" or frame.width != self.width or frame.height != self.height:
             frame = frame.reformat(width=self.width, height=self.height, format="yuv420p")
-        pts = max(pts, self._last_pts + 1)
+        pts = self.next_pts(pts)
         self._last_pts = pts
         frame.pts = pts
         frame.time_base = VIDEO_TIME_BASE
-        frame.opaque = opaque
         if self._keyframe_requested.is_set():
             self._keyframe_requested.clear()
             frame.pict_type = av.video.frame.PictureType.I

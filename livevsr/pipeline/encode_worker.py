@@ -12,7 +12,9 @@ import av
 
 from livevsr.config import EncoderConfig
 from livevsr.pipeline.encode import VideoEncoder
+from livevsr.pipeline.fanout import EncodedFrame
 from livevsr.pipeline.worker import END, UpscaledFrame
+from livevsr.telemetry.timing import FrameTiming
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ class EncodeWorker:
         frames: queue.Queue,
         fps_hint: Callable[[], float],
         pts_base_90k: int,
-        deliver: Callable[[str, list[av.Packet]], None],
+        deliver: Callable[[str, list[EncodedFrame]], None],
         on_encoded: Callable[[UpscaledFrame], None],
         on_error: Callable[[str], None],
     ) -> None:
@@ -40,6 +42,7 @@ class EncodeWorker:
         self._on_encoded = on_encoded
         self._on_error = on_error
         self._encoders: dict[str, VideoEncoder] = {}
+        self._timings: dict[int, FrameTiming] = {}  # pts -> timing of frames inside the encoder
         self._pts_base = pts_base_90k
         self._first_pts_ms: int | None = None
         self.last_pts_90k = pts_base_90k
@@ -59,7 +62,7 @@ class EncodeWorker:
         if enc is not None and (enc.width, enc.height) == (frame.width, frame.height):
             return enc
         if enc is not None:  # resolution change: finish the old bitstream, start a new one at an IDR
-            self._deliver(rendition, enc.flush())
+            self._deliver(rendition, [EncodedFrame(p) for p in enc.flush()])
         if rendition == "upscaled":
             enc = VideoEncoder(self._config, frame.width, frame.height, self._fps_hint())
         else:
@@ -97,20 +100,24 @@ class EncodeWorker:
                     self._on_error(f"encoder failed {failures} times in a row: {exc}")
         for rendition, enc in self._encoders.items():
             try:
-                self._deliver(rendition, enc.flush())
+                self._deliver(rendition, [EncodedFrame(p) for p in enc.flush()])
             except Exception:
                 log.exception("[%s] %s encoder flush failed", self.name, rendition)
 
     def _encode(self, item: UpscaledFrame) -> None:
-        pts = self._pts(item.timing.pts_ms)
+        encoder = self._encoder("upscaled", item.upscaled)
+        pts = encoder.next_pts(self._pts(item.timing.pts_ms))
         self.last_pts_90k = pts
-        packets = self._encoder("upscaled", item.upscaled).encode(item.upscaled, pts, item.timing)
-        for p in packets:
-            t = p.opaque
-            if t is not None:
-                t.mark("encoded")
-                self._on_encoded(UpscaledFrame(item.upscaled, item.source, t))
-        self._deliver("upscaled", packets)
+        self._timings[pts] = item.timing
+        encoded = []
+        for p in encoder.encode(item.upscaled, pts):
+            timing = self._timings.pop(p.pts, None)
+            if timing is not None:
+                timing.mark("encoded")
+                self._on_encoded(UpscaledFrame(item.upscaled, item.source, timing))
+            encoded.append(EncodedFrame(p, timing))
+        self._deliver("upscaled", encoded)
         if self._config.source_rendition:
             # Same pts as the upscaled frame, so the viewer's compare mode shows the same instant.
-            self._deliver("source", self._encoder("source", item.source).encode(item.source, pts, None))
+            source = self._encoder("source", item.source).encode(item.source, pts)
+            self._deliver("source", [EncodedFrame(p) for p in source])

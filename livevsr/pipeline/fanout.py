@@ -8,20 +8,35 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import av
 
+from livevsr.telemetry.timing import FrameTiming
+
 SUBSCRIBER_QUEUE_PACKETS = 8  # ~0.25 s at 30 fps; more would only add latency
+
+
+@dataclass(slots=True)
+class EncodedFrame:
+    """One encoded access unit and, for the upscaled rendition, the timing of its frame."""
+
+    packet: av.Packet
+    timing: FrameTiming | None = None
+
+    @property
+    def is_keyframe(self) -> bool:
+        return self.packet.is_keyframe
 
 
 class Subscriber:
     def __init__(self, broadcaster: Broadcaster) -> None:
         self._broadcaster = broadcaster
-        self.queue: asyncio.Queue[av.Packet | None] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE_PACKETS)
+        self.queue: asyncio.Queue[EncodedFrame | None] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE_PACKETS)
         self.waiting_for_keyframe = True  # a decoder can only start at an IDR
         self.skipped = 0
 
-    def offer(self, packet: av.Packet) -> None:
+    def offer(self, packet: EncodedFrame) -> None:
         if self.waiting_for_keyframe:
             if not packet.is_keyframe:
                 return
@@ -38,8 +53,8 @@ class Subscriber:
             self.waiting_for_keyframe = False
         self.queue.put_nowait(packet)
 
-    async def recv(self) -> av.Packet | None:
-        """The next packet, or None once the subscription is closed."""
+    async def recv(self) -> EncodedFrame | None:
+        """The next encoded frame, or None once the subscription is closed."""
         return await self.queue.get()
 
     def close(self) -> None:
@@ -71,7 +86,7 @@ class Broadcaster:
     def unsubscribe(self, sub: Subscriber) -> None:
         self._subscribers.discard(sub)
 
-    def publish(self, packet: av.Packet) -> None:
+    def publish(self, packet: EncodedFrame) -> None:
         for sub in list(self._subscribers):
             sub.offer(packet)
 

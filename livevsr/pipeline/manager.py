@@ -46,8 +46,9 @@ class StreamManager:
     async def close(self) -> None:
         """Stop taking publishers, end every session and wait for in-flight frames to drain."""
         self.accepting = False
-        sessions = [s.session for s in self.streams.values() if s.session is not None]
-        for session in sessions:
-            session.close("server stopping")
+        for stream in self.streams.values():
+            if stream.session is not None:
+                stream.session.close("server stopping")
+        sessions = [session for stream in self.streams.values() for session in stream.sessions_running]
         if sessions:
             await asyncio.wait([asyncio.ensure_future(s.wait_finished()) for s in sessions], timeout=15)

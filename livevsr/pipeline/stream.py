@@ -23,7 +23,7 @@ from livevsr.engines.registry import EngineChoice
 from livevsr.ingest.base import AudioPacket, VideoPacket
 from livevsr.pipeline.decode import DecodedFrame, DecodeThread
 from livevsr.pipeline.encode_worker import EncodeWorker
-from livevsr.pipeline.fanout import Broadcaster
+from livevsr.pipeline.fanout import Broadcaster, EncodedFrame
 from livevsr.pipeline.ring import FrameRing
 from livevsr.pipeline.worker import EngineWorker, UpscaledFrame
 from livevsr.telemetry.metrics import Metrics, RollingStats
@@ -75,6 +75,7 @@ class Stream:
         self.state = "idle"
         self.reason = "waiting for a publisher"
         self.session: PublishSession | None = None
+        self.sessions_running: set[PublishSession] = set()  # includes ended ones still draining
         self.input_size: tuple[int, int] | None = None
         self.output_size: tuple[int, int] | None = None
         self.source_fps = 0.0
@@ -101,6 +102,7 @@ class Stream:
             self.session.close("replaced by a new publish of the same stream")
         self.stats.reset()
         self.session = PublishSession(self, source)
+        self.sessions_running.add(self.session)
         self.state, self.reason = "starting", f"publisher connected ({source})"
         self.metrics.live.labels(self.name).set(1)
         log.info("[%s] publish started from %s, engine %s", self.name, source, self.engine_choice.name)
@@ -264,16 +266,19 @@ class PublishSession:
         if stream.state == "starting":
             stream.state, stream.reason = "live", f"publishing from {self.source}"
 
-    def _deliver(self, rendition: str, packets: list[av.Packet]) -> None:
+    def _deliver(self, rendition: str, packets: list[EncodedFrame]) -> None:
         if not packets:
             return
         if rendition == "upscaled":
             self.stream.count("upscaled", len(packets))
         if self.encoder is not None:
             self.last_pts_90k = self.encoder.last_pts_90k
-        self.stream.loop.call_soon_threadsafe(self._publish, rendition, packets)
+        try:
+            self.stream.loop.call_soon_threadsafe(self._publish, rendition, packets)
+        except RuntimeError:
+            pass  # the loop is gone: nobody is left to watch
 
-    def _publish(self, rendition: str, packets: list[av.Packet]) -> None:
+    def _publish(self, rendition: str, packets: list[EncodedFrame]) -> None:
         broadcaster = self.stream.broadcasters[rendition]
         for p in packets:
             broadcaster.publish(p)
@@ -283,7 +288,10 @@ class PublishSession:
     def _fail(self, reason: str) -> None:
         """A worker thread gave up: end the session with the reason (from any thread)."""
         self.error = reason
-        self.stream.loop.call_soon_threadsafe(self._end_with_error, reason)
+        try:
+            self.stream.loop.call_soon_threadsafe(self._end_with_error, reason)
+        except RuntimeError:  # the loop is gone: the process is exiting
+            log.error("[%s] stream stopped during shutdown: %s", self.name, reason)
 
     def _end_with_error(self, reason: str) -> None:
         log.error("[%s] stream stopped: %s", self.name, reason)
@@ -307,6 +315,7 @@ class PublishSession:
         # The encoder's last packets were queued on the loop before its thread ended: they are out.
         for out in self.outputs:
             out.close()
+        self.stream.sessions_running.discard(self)
         log.debug("[%s] session threads joined in %.2fs", self.name, time.monotonic() - t0)
 
     async def wait_finished(self) -> None:

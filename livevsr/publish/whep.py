@@ -18,7 +18,6 @@ from aiortc.mediastreams import MediaStreamError
 
 from livevsr.pipeline.fanout import Subscriber
 from livevsr.pipeline.stream import Stream
-from livevsr.telemetry.timing import FrameTiming
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +53,15 @@ class PacketTrack(MediaStreamTrack):
         self._subscriber = subscriber
 
     async def recv(self) -> av.Packet:
-        packet = await self._subscriber.recv()
-        if packet is None:
+        item = await self._subscriber.recv()
+        if item is None:
             self.stop()
             raise MediaStreamError
-        timing = packet.opaque
-        if isinstance(timing, FrameTiming) and "sent" not in timing.marks:
+        timing = item.timing
+        if timing is not None and "sent" not in timing.marks:
             timing.mark("sent")  # the first viewer to send this frame closes its end-to-end latency
             self._stream.record_stages(timing, ("send", "total"))
-        return packet
+        return item.packet
 
 
 @dataclass

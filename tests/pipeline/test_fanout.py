@@ -2,14 +2,14 @@ import asyncio
 
 import av
 
-from livevsr.pipeline.fanout import SUBSCRIBER_QUEUE_PACKETS, Broadcaster
+from livevsr.pipeline.fanout import SUBSCRIBER_QUEUE_PACKETS, Broadcaster, EncodedFrame
 
 
-def packet(key: bool, n: int) -> av.Packet:
+def packet(key: bool, n: int) -> EncodedFrame:
     p = av.Packet(bytes([n % 256]) * 8)
     p.is_keyframe = key
     p.pts = n
-    return p
+    return EncodedFrame(p)
 
 
 async def test_a_stalled_viewer_never_blocks_the_others() -> None:
@@ -20,7 +20,7 @@ async def test_a_stalled_viewer_never_blocks_the_others() -> None:
 
     async def read() -> None:
         while len(received) < 100:
-            received.append((await reader.recv()).pts)
+            received.append((await reader.recv()).packet.pts)
 
     task = asyncio.create_task(read())
     for n in range(100):
@@ -42,7 +42,7 @@ async def test_a_new_viewer_starts_at_a_keyframe_and_asks_for_one() -> None:
         b.publish(packet(key=False, n=n))
     assert sub.queue.empty()
     b.publish(packet(key=True, n=3))
-    assert (await sub.recv()).pts == 3
+    assert (await sub.recv()).packet.pts == 3
 
 
 async def test_closing_a_subscription_wakes_its_reader() -> None:

@@ -67,12 +67,12 @@ async def test_encoder_failure_restarts_the_encoder(app: App, monkeypatch) -> No
             created.append(1)
             self.calls = 0
 
-        def encode(self, frame, pts, opaque=None):  # noqa: ANN001, ANN201
+        def encode(self, frame, pts):  # noqa: ANN001, ANN201
             self.calls += 1
             if not failed and self.calls == 5:
                 failed.append(1)
                 raise av.error.ExternalError(-1, "simulated encoder failure")
-            return super().encode(frame, pts, opaque)
+            return super().encode(frame, pts)
 
     monkeypatch.setattr(encode_worker, "VideoEncoder", FlakyEncoder)
     sink = app.manager.open_publish("k-main", "test")
