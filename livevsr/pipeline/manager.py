@@ -38,7 +38,22 @@ class StreamManager:
         stream = self._by_key.get(key)
         if stream is None:
             raise IngestError("unknown stream key")
+        self._admit(stream)
         return stream.start_session(source)
+
+    def _admit(self, stream: Stream) -> None:
+        """Refuse a stream the GPU cannot also carry, instead of slowing every stream down.
+
+        FlashVSR at live rates needs a whole GPU for one stream (see BENCHMARKS.md), so one
+        flashvsr stream runs per process; bicubic streams are cheap and always admitted.
+        """
+        if self.engine_choice.name != "flashvsr":
+            return
+        busy = [s.name for s in self.streams.values() if s is not stream and s.sessions_running]
+        if busy:
+            raise IngestError(
+                f"GPU busy: flashvsr is already upscaling stream {busy[0]!r} (one flashvsr stream per GPU)"
+            )
 
     def get(self, name: str) -> Stream | None:
         return self.streams.get(name)
