@@ -426,12 +426,12 @@ class _Connection:
         if values and values[0] == "@setDataFrame":
             values = values[1:]
         if len(values) >= 2 and values[0] == "onMetaData" and isinstance(values[1], dict):
+            summary = tuple(_short(values[1].get(name)) for name in _METADATA_FIELDS)
+            changed = summary != tuple(_short(self.metadata.get(name)) for name in _METADATA_FIELDS)
             self.metadata = values[1]
-            meta = self.metadata
-            log.info(
-                "%s metadata: %sx%s @ %s fps, video codec %s, audio codec %s, encoder '%s'",
-                self.prefix, *(_short(meta.get(name)) for name in _METADATA_FIELDS),
-            )  # fmt: skip
+            if changed:  # some muxers (GStreamer flvmux) repeat onMetaData every few frames
+                text = "%s metadata: %sx%s @ %s fps, video codec %s, audio codec %s, encoder '%s'"
+                log.info(text, self.prefix, *summary)
 
     def _on_aggregate(self, message: Message, recv_ns: int) -> None:
         """An aggregate message holds FLV tags back to back (RTMP spec 7.1.6)."""
