@@ -67,6 +67,38 @@ def _tokens(n_blocks: int, heads: int, gen: torch.Generator) -> torch.Tensor:
     return (offset + noise).reshape(n_blocks * BLOCK, heads, HEAD_DIM).to(torch.bfloat16)
 
 
+def _flex_runner(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lists: Any, lq: int, lk: int
+) -> tuple[Callable[[], torch.Tensor] | None, str]:
+    """Compiled FlexAttention over the same selected blocks, as full blocks (no per-element mask);
+    falls back to partial blocks with the no-op mask_mod if that does not compile."""
+    from torch.nn.attention import flex_attention as fa
+
+    flex = torch.compile(fa.flex_attention, dynamic=False)
+    cnt = lists.kv_cnt[None].contiguous()  # [1, H, nqb]
+    idx = lists.kv_idx[None].contiguous()  # [1, H, nqb, nkb]
+    qf, kf, vf = (t.permute(1, 0, 2).unsqueeze(0) for t in (q, k, v))  # [1, H, L, D]
+    errors = []
+    for how in ("full blocks", "partial blocks"):
+        if how == "full blocks":
+            bm = fa.BlockMask.from_kv_blocks(
+                torch.zeros_like(cnt), idx, cnt, idx, BLOCK_SIZE=BLOCK, seq_lengths=(lq, lk)
+            )
+        else:
+            bm = fa.BlockMask.from_kv_blocks(cnt, idx, BLOCK_SIZE=BLOCK, seq_lengths=(lq, lk))
+
+        def run(bm: Any = bm) -> torch.Tensor:
+            return flex(qf, kf, vf, block_mask=bm)[0].permute(1, 0, 2)
+
+        try:
+            run()
+        except Exception as exc:  # a compile failure is a result to report, not a crash
+            errors.append(f"{how}: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        return run, how + (f" ({errors[0]})" if errors else "")
+    return None, "failed: " + "; ".join(errors)
+
+
 def bench_size(
     height_px: int, width_px: int, args: argparse.Namespace, gen: torch.Generator
 ) -> dict[str, Any]:
@@ -129,17 +161,14 @@ def bench_size(
             dense_flops(lq, lk, heads),
         )
     if not args.no_flex:
-        from torch.nn.attention import flex_attention as fa
-
-        flex = torch.compile(fa.flex_attention, dynamic=False)
-        cnt = lists.kv_cnt[None].contiguous()  # [1, H, nqb]
-        idx = lists.kv_idx[None].contiguous()  # [1, H, nqb, nkb]
-        block_mask = fa.BlockMask.from_kv_blocks(
-            torch.zeros_like(cnt), idx, cnt, idx, BLOCK_SIZE=BLOCK, seq_lengths=(lq, lk)
-        )
-        qf, kf, vf = (t.permute(1, 0, 2).unsqueeze(0) for t in (q, k, v))
-        runs["flex"] = (lambda: flex(qf, kf, vf, block_mask=block_mask), sparse_flops(pairs))
-
+        flex_fn, how = _flex_runner(q, k, v, lists, lq, lk)
+        res["flex_block_mask"] = how
+        if flex_fn is not None:
+            runs["flex"] = (flex_fn, sparse_flops(pairs))
+            ours = kernels.block_sparse_attn(
+                q, ring.k[0], ring.v[0], lists.kv_idx, lists.kv_cnt, slots=slots, blocks_per_chunk=S
+            )
+            res["attn_vs_flex_max_abs_diff"] = round((ours.float() - flex_fn().float()).abs().max().item(), 5)
     for name, (fn, flops) in runs.items():
         times = _time_ms(fn, args.iters, args.warmup)
         res[f"{name}_ms"] = _percentiles(times)
