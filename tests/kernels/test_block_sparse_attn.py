@@ -123,6 +123,38 @@ def test_kv_ring_rejects_bad_geometry() -> None:
         kernels.KVRing(layers=1, blocks_per_chunk=2, heads=2, device="cpu", slots=5)
 
 
+def test_kv_ring_slots_rotate_without_copies() -> None:
+    S, heads = 2, 3
+    ring = kernels.KVRing(layers=2, blocks_per_chunk=S, heads=heads, device="cpu")
+    gen = _seed("ring")
+    chunks = [torch.randn(S * 128, heads, 128, generator=gen).to(torch.bfloat16) for _ in range(6)]
+    for c in chunks[:3]:  # first step: three chunks
+        ring.write(1, c, -c)
+    assert ring.slots(1) == (0, 1, 2) and ring.chunks(0) == 0
+    order = [0, 1, 2]
+    for step, c in enumerate(chunks[3:]):  # steady: write the new chunk, attend, drop the oldest
+        slot = ring.write(1, c, -c)
+        assert slot == ({0, 1, 2, 3} - set(order)).pop()
+        order.append(slot)
+        assert ring.slots(1) == tuple(order)
+        logical = torch.cat([ring.k[1, s] for s in ring.slots(1)])
+        assert torch.equal(logical, torch.cat(chunks[step : step + 4]))
+        assert torch.equal(torch.cat([ring.v[1, s] for s in ring.slots(1)]), -logical)
+        pooled = logical.float().view(4 * S, 128, heads, 128).mean(1).to(torch.bfloat16)
+        assert torch.equal(torch.cat([ring.k_pooled[1, s] for s in ring.slots(1)]), pooled)
+        ring.drop_oldest(1)
+        order.pop(0)
+    with pytest.raises(ValueError, match=r"k: expected a bf16 chunk \[256, 3, 128\], got torch.float32"):
+        ring.write(0, chunks[0].float(), chunks[0])
+    ring.write(1, chunks[0], chunks[0])
+    with pytest.raises(ValueError, match="layer 1 already holds 4 chunks in 4 slots; drop the oldest first"):
+        ring.write(1, chunks[0], chunks[0])
+    ring.reset()
+    assert ring.chunks(1) == 0
+    with pytest.raises(ValueError, match="layer 1 holds no chunk"):
+        ring.drop_oldest(1)
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU
 

@@ -408,7 +408,13 @@ class KVRing:
         slot = next(s for s in range(self.n_slots) if s not in order)
         self.k[layer, slot].copy_(k)
         self.v[layer, slot].copy_(v)
-        block_mean_pool(self.k[layer, slot], out=self.k_pooled[layer, slot])
+        if self.device.type == "cuda":
+            block_mean_pool(self.k[layer, slot], out=self.k_pooled[layer, slot])
+        else:  # same arithmetic in torch (fp32 sum, one rounding), so the ring works without a GPU
+            blocks = (
+                self.k[layer, slot].float().view(self.blocks_per_chunk, BLOCK_TOKENS, self.heads, HEAD_DIM)
+            )
+            self.k_pooled[layer, slot] = blocks.mean(1).to(torch.bfloat16)
         order.append(slot)
         return slot
 
