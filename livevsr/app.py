@@ -48,6 +48,7 @@ class App:
         loop = asyncio.get_running_loop()
         restrict_ice_addresses(self.config.webrtc.ice_host_addresses)
         self.manager = StreamManager(self.config, self.engine_choice, self.metrics, loop)
+        self._add_outputs()
         log.info(
             "livevsr %s: engine %s (%s)", __version__, self.engine_choice.name, self.engine_choice.reason
         )
@@ -76,6 +77,21 @@ class App:
                 self.rtmp_port,
                 self.config.rtmp.app,
             )
+
+    def _add_outputs(self) -> None:
+        """Relays and recording: one output per publish session of the streams that ask for them."""
+        from livevsr.publish.record import open_recording
+        from livevsr.publish.rtmp_relay import open_relays
+
+        assert self.manager is not None
+        for sc in self.config.streams:
+            stream = self.manager.streams[sc.name]
+            if sc.relays:
+                urls = list(sc.relays)
+                stream.output_factories.append(lambda session, urls=urls: open_relays(session, urls))
+            if sc.record:
+                record = self.config.record
+                stream.output_factories.append(lambda session, cfg=record: open_recording(session, cfg))
 
     async def stop(self) -> None:
         """Stop taking publishers, drain in-flight frames, tell viewers goodbye, close ports."""
