@@ -141,6 +141,7 @@ def random_models(
     *,
     proj_hidden: tuple[int, int] = (2048, 3072),
     decoder_channels: tuple[int, int, int, int] = (512, 256, 128, 128),
+    vae_dim: int = 96,
     prompt_tokens: int = 512,
     seed: int = 0,
 ) -> FlashVSRModels:
@@ -155,7 +156,9 @@ def random_models(
     with torch.device(device):
         dit = WanDiT(dit_config)
         proj_in = build_proj_in(cfg.proj_in, out_dim=dit_config.dim, hidden_dims=proj_hidden)
-        decoder = TCDecoder(channels=decoder_channels) if cfg.variant == "tiny" else WanVAEDecoder()
+        decoder = (
+            TCDecoder(channels=decoder_channels) if cfg.variant == "tiny" else WanVAEDecoder(dim=vae_dim)
+        )
         prompt = torch.randn(1, prompt_tokens, dit_config.text_dim)
     mods = [m.to(dtype).eval().requires_grad_(False) for m in (dit, proj_in, decoder)]
     return FlashVSRModels(*mods, prompt=prompt.to(dtype))  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from livevsr.engines.flashvsr.session import (
     step_latents,
 )
 from livevsr.engines.flashvsr.tc_decoder import TCDecoder
+from livevsr.engines.flashvsr.wan_vae import WanVAEDecoder
 
 TINY = DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=32, text_dim=48)
 H, W = 128, 256  # HR: 1 x 2 blocks per chunk
@@ -166,6 +167,30 @@ def test_memory_stays_bounded_over_a_long_stream() -> None:
     assert {s[0] for s in sizes[3:]} == {11}  # LR frames from the next step's first output on
     assert {s[1] for s in sizes[4:]} == {3}
     assert len({s[2] for s in sizes[4:]}) == 1
+
+
+@pytest.mark.parametrize("kind", ["tc", "wan_vae"])
+def test_decoder_adapters_stream_like_the_one_pass_decode(kind: str) -> None:
+    torch.manual_seed(0)
+    module = TCDecoder(channels=(4, 4, 4, 4)) if kind == "tc" else WanVAEDecoder(dim=4)
+    decoder = as_latent_decoder(module.eval())
+    latents = torch.randn(1, 16, 8, 2, 2)  # [1, C, T, h, w], as the session hands them over
+    lr = torch.rand(1, 3, 29, 16, 16) * 2 - 1
+    decoder.reset()
+    with torch.no_grad():
+        streamed = torch.cat(
+            [
+                decoder.decode(latents[:, :, :6], lr[:, :, :21]),
+                decoder.decode(latents[:, :, 6:], lr[:, :, 21:]),
+            ],
+            2,
+        )
+        if kind == "tc":
+            want = module.decode_video(latents.transpose(1, 2), lr)
+        else:
+            want = module.decode_video(latents)
+    assert streamed.shape == (1, 3, 29, 16, 16)
+    torch.testing.assert_close(streamed, want, atol=1e-5, rtol=1e-4)
 
 
 def test_push_rejects_the_wrong_frame_size() -> None:

@@ -1,0 +1,149 @@
+"""``livevsr bench engine``: per-step time and GPU memory of the FlashVSR engine, random weights.
+
+Full-size modules (DiT 1.3B, proj-in, TC decoder or Wan VAE decoder) with random weights, fed a
+synthetic moving pattern through the real engine (av frames in and out, bicubic, padding, colour
+fix, uint8): so the time is what a stream sees per chunk of 8 frames. Prints one JSON line.
+
+    livevsr bench engine                      # 352x192 -> 1408x768, tiny variant, attention auto
+    livevsr bench engine --attention flex --steps 30
+    livevsr bench engine --tiny --device cpu  # a small model, to check the bench itself runs
+
+Step 0 (6 latents, 21 frames) is reported apart from the steady steps (2 latents, 8 frames each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+
+import av
+import numpy as np
+import torch
+
+from livevsr.config import FlashVSRConfig
+from livevsr.engines.flashvsr.dit import DiTConfig
+from livevsr.engines.flashvsr.engine import CHUNK_FRAMES, FlashVSREngine, random_models
+
+GIB = 1 << 30
+TINY_DIT = DiTConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=2, freq_dim=32, text_dim=64)
+
+
+def _pattern(n: int, width: int, height: int) -> list[av.VideoFrame]:
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = []
+    for t in range(n):
+        rgb = np.stack([(xx * 3 + 5 * t) % 256, (yy * 2 + 3 * t) % 256, ((xx ^ yy) + t) % 256], -1)
+        frames.append(av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24"))
+    return frames
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="livevsr bench engine", description=__doc__.split("\n\n")[0])
+    p.add_argument("--width", type=int, default=1408, help="output width in pixels (input = width / 4)")
+    p.add_argument("--height", type=int, default=768, help="output height in pixels (input = height / 4)")
+    p.add_argument("--steps", type=int, default=20, help="steady steps timed (8 frames each)")
+    p.add_argument("--warmup", type=int, default=3, help="steady steps run before timing")
+    p.add_argument("--variant", choices=("tiny", "full"), default="tiny")
+    p.add_argument("--proj-in", choices=("v1.0", "v1.1"), default="v1.0")
+    p.add_argument("--attention", choices=("auto", "cupy", "flex", "reference"), default="auto")
+    p.add_argument("--sparse-ratio", type=float, default=2.0)
+    p.add_argument("--local-range", type=int, default=11)
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--tiny", action="store_true", help="a small random model instead of the full size")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(
+            json.dumps({"bench": "engine", "error": "no CUDA device; use --device cpu --tiny to smoke-test"})
+        )
+        return 2
+    cfg = FlashVSRConfig(
+        variant=args.variant,
+        proj_in=args.proj_in,
+        attention=args.attention,
+        sparse_ratio=args.sparse_ratio,
+        local_range=args.local_range,
+        dtype=args.dtype,
+        device=args.device,
+    )
+    if args.tiny:
+        models = random_models(
+            cfg, TINY_DIT, proj_hidden=(32, 32), decoder_channels=(16, 16, 16, 16), prompt_tokens=16
+        )
+    else:
+        models = random_models(cfg)
+    engine = FlashVSREngine(cfg, weights=models)
+    in_w, in_h = args.width // 4, args.height // 4
+    engine.open(in_w, in_h, 30.0)
+    chunks = 4 + args.warmup + args.steps  # the first step runs on the 4th push
+    frames = _pattern(CHUNK_FRAMES * chunks, in_w, in_h)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times_ms: list[float] = []
+    mem_gib: list[float] = []
+    emitted = []
+    finite = True
+    for c in range(chunks):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = engine.push(frames[c * CHUNK_FRAMES : (c + 1) * CHUNK_FRAMES])
+        _sync(device)
+        times_ms.append((time.perf_counter() - t0) * 1e3)
+        emitted.append(len(out))
+        if out:
+            finite = finite and bool(np.isfinite(out[-1].to_ndarray(format="rgb24")).all())
+        if device.type == "cuda":
+            mem_gib.append(torch.cuda.memory_allocated(device) / GIB)
+    steady = times_ms[4 + args.warmup :]
+    p50 = statistics.median(steady)
+    result = {
+        "bench": "engine",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "model": "tiny-random" if args.tiny else "full-size-random",
+        "dit": dataclasses.asdict(engine.dit_config),
+        "variant": args.variant,
+        "proj_in": args.proj_in,
+        "attention": type(engine._backend).__name__,
+        "dtype": args.dtype,
+        "in": [in_w, in_h],
+        "out": [4 * in_w, 4 * in_h],
+        "model_size": [engine._session.spec.width, engine._session.spec.height] if engine._session else None,
+        "topk": engine._session.spec.geom.topk if engine._session else None,
+        "first_step_ms": round(times_ms[3], 2),  # 6 latents -> 21 frames
+        "step_ms_p50": round(p50, 2),
+        "step_ms_p95": round(_percentile(steady, 0.95), 2),
+        "step_ms_min": round(min(steady), 2),
+        "fps_p50": round(CHUNK_FRAMES / (p50 / 1e3), 2),
+        "steps_timed": len(steady),
+        "frames_per_push": emitted,
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / GIB, 3) if mem_gib else None,
+        "mem_gib_after_first_step": round(mem_gib[3], 3) if mem_gib else None,
+        "mem_gib_last": round(mem_gib[-1], 3) if mem_gib else None,
+        "output_finite": finite,
+        "torch": torch.__version__,
+    }
+    print(json.dumps(result))
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
