@@ -120,9 +120,11 @@ class LQ4xProj(nn.Module):
         return self.linear_layers[0](x.flatten(2).transpose(1, 2))
 
     def warmup(self, first_frame: torch.Tensor) -> None:
+        """Take the stream's first LR frame [B, 3, 1, H, W] (it conditions no latent of its own)."""
         raise NotImplementedError
 
     def forward_clip(self, clip: torch.Tensor) -> torch.Tensor:
+        """LR frames 4j+1..4j+4 [B, 3, 4, H, W] -> latent j's tokens [B, (H/16)(W/16), out_dim]."""
         raise NotImplementedError
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
