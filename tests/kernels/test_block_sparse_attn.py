@@ -123,6 +123,17 @@ def test_kv_ring_rejects_bad_geometry() -> None:
         kernels.KVRing(layers=1, blocks_per_chunk=2, heads=2, device="cpu", slots=5)
 
 
+def test_make_backend_builds_the_cupy_backend() -> None:
+    """attention.make_backend's call matches CupyAttentionBackend's constructor (no GPU needed)."""
+    pytest.importorskip("cupy", reason="needs cupy (cupy-cuda13x) installed")
+    from livevsr.engines.flashvsr.attention import make_backend
+
+    backend = make_backend("cupy", "cuda", layers=2, heads=12)
+    assert isinstance(backend, kernels.CupyAttentionBackend)
+    assert (backend.layers, backend.heads, backend.ring) == (2, 12, None)
+    backend.reset()
+
+
 def test_kv_ring_slots_rotate_without_copies() -> None:
     S, heads = 2, 3
     ring = kernels.KVRing(layers=2, blocks_per_chunk=S, heads=heads, device="cpu")
@@ -237,7 +248,7 @@ def test_cupy_backend_matches_reference_over_steps(bh: int, bw: int, lr: int, he
     backend used), and that mask against draft_block_mask up to near-threshold flips."""
     S = bh * bw
     geom = BlockGeometry(bh, bw, topk_budget(S, bh * 128, bw * 128, 2.0), lr)
-    backend = kernels.CupyAttentionBackend("cuda", layers=2)
+    backend = kernels.CupyAttentionBackend(layers=2, heads=heads)
     reference = ReferenceBackend()
     gen = _seed("backend", bh, bw)
     history: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

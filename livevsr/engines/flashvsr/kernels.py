@@ -433,13 +433,15 @@ class CupyAttentionBackend:
 
     name = "cupy"
 
-    def __init__(self, device: torch.device | str = "cuda", layers: int = 30) -> None:
+    def __init__(self, device: torch.device | str = "cuda", layers: int = 30, heads: int = 12) -> None:
         import cupy  # noqa: F401  (ImportError here lets make_backend("auto") fall back)
 
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"CupyAttentionBackend: expected a CUDA device, got {self.device}")
-        self.layers = layers
+        if layers < 1 or heads < 1:
+            raise ValueError(f"CupyAttentionBackend: expected layers, heads >= 1, got {layers}, {heads}")
+        self.layers, self.heads = layers, heads
         self._ring: KVRing | None = None
 
     @property
@@ -496,11 +498,13 @@ class CupyAttentionBackend:
                     f"{name}: expected {expect} bf16 on {q.device} like q {list(q.shape)}, "
                     f"got {t.dtype} {list(t.shape)} on {t.device}"
                 )
+        if q.shape[1] != self.heads:
+            raise ValueError(f"q: expected {self.heads} heads ({expect}), got {list(q.shape)}")
         if not 0 <= layer < self.layers:
             raise ValueError(f"layer: expected 0..{self.layers - 1}, got {layer}")
         q = q.contiguous()
         n_q = q.shape[0] // chunk
-        ring = self._ring_for(geom, q.shape[1], q.device)
+        ring = self._ring_for(geom, self.heads, q.device)
         if ring.chunks(layer) + n_q > ring.n_slots:
             raise ValueError(
                 f"q: {n_q} new chunks on top of {ring.chunks(layer)} cached do not fit the "
@@ -524,4 +528,4 @@ class CupyAttentionBackend:
         return out
 
 
-CupyBackend = CupyAttentionBackend  # the name attention.make_backend imports
+CupyBackend = CupyAttentionBackend
