@@ -68,7 +68,7 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
 def _weights(args: argparse.Namespace) -> int:
     from livevsr.engines.flashvsr.weights import weights_check_main
 
-    return weights_check_main([args.dir])
+    return weights_check_main([args.dir, "--variant", args.variant])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     wsub = p.add_subparsers(dest="action", required=True)
     w = wsub.add_parser("check", help="load the official files strictly and report what is wrong")
     w.add_argument("dir")
+    w.add_argument("--variant", choices=("tiny", "full", "all"), default="all", help="which files to check")
 
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "bench":
