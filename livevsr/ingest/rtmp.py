@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import struct
 import time
@@ -194,6 +195,7 @@ class _Connection:
         self.next_stream_id = 1
         self.sink: IngestSink | None = None
         self.publish_stream_id = 0
+        self.idle_since = 0.0  # monotonic time since when no publish is active
         self.metadata: dict[str, Any] = {}
         self.video_config: bytes | None = None
         self.audio_config: bytes | None = None
@@ -202,6 +204,7 @@ class _Connection:
         self.peer_window = WINDOW_BYTES
         self.dropped_before_config = 0
         self.warned_audio_codec = False
+        self.warned_data = False
         self._ts_base = {AUDIO: 0, VIDEO: 0}  # 2**32 multiples: RTMP timestamps wrap after ~49.7 days
         self._ts_last = {AUDIO: 0, VIDEO: 0}
         self.video_packets = 0
@@ -221,6 +224,7 @@ class _Connection:
             await self._handshake()
             # Logged after the handshake, so a port scan or a stray HTTP request is one line, not two.
             log.info("%s opened", self.prefix)
+            self.idle_since = time.monotonic()
             await self._read_loop()
         except _Closed as exc:
             reason, level = exc.reason, exc.level
@@ -263,12 +267,21 @@ class _Connection:
 
     async def _read_loop(self) -> None:
         idle_s = self.config.idle_timeout_s
+        setup_s = self.config.handshake_timeout_s
         while True:
+            # Without a publish, a connection gets handshake_timeout_s to start one (after connecting or
+            # after unpublishing), so a trickle of pings cannot hold a slot forever.
+            now = time.monotonic()
+            setup_left = math.inf if self.sink is not None else self.idle_since + setup_s - now
             try:
-                async with asyncio.timeout(idle_s):
+                async with asyncio.timeout(min(idle_s, max(setup_left, 0.0))):
                     data = await self.reader.read(READ_BYTES)
             except TimeoutError:
-                raise _Closed(f"no data for {idle_s:g} s (rtmp.idle_timeout_s)", logging.WARNING) from None
+                if self.sink is None and time.monotonic() >= self.idle_since + setup_s:
+                    reason = f"no publish within {setup_s:g} s (rtmp.handshake_timeout_s)"
+                else:
+                    reason = f"no data for {idle_s:g} s (rtmp.idle_timeout_s)"
+                raise _Closed(reason, logging.WARNING) from None
             if not data:
                 raise _Closed("publisher disconnected" if self.sink else "peer closed the connection")
             recv_ns = time.monotonic_ns()
@@ -285,6 +298,7 @@ class _Connection:
         sink, self.sink = self.sink, None
         if sink is None:
             return
+        self.idle_since = time.monotonic()
         log.info(
             "%s publish ended: %s (%d video, %d audio packets)",
             self.prefix, reason, self.video_packets, self.audio_packets,
@@ -331,7 +345,14 @@ class _Connection:
             payload = message.payload
             if type_id == DATA_AMF3 and payload[:1] == b"\x00":
                 payload = payload[1:]
-            self._on_data(amf0.decode_all(payload))
+            try:
+                values = amf0.decode_all(payload)
+            except amf0.AMF0Error as exc:  # metadata is informational: a bad one is not worth a disconnect
+                if not self.warned_data:
+                    self.warned_data = True
+                    log.warning("%s ignoring an unreadable data message: %s", self.prefix, exc)
+                return
+            self._on_data(values)
         elif type_id == AGGREGATE:
             self._on_aggregate(message, recv_ns)
         elif type_id == WINDOW_ACK_SIZE:

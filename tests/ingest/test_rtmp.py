@@ -22,6 +22,7 @@ from livevsr.ingest import amf0
 from livevsr.ingest.base import AudioPacket, VideoPacket
 from livevsr.ingest.chunk import (
     COMMAND_AMF0,
+    DATA_AMF0,
     SET_CHUNK_SIZE,
     VIDEO,
     ChunkReader,
@@ -284,8 +285,11 @@ class RawClient:
     async def closed_by_server(self, timeout_s: float = 5.0) -> float:
         """Wait for EOF from the server; return how long it took."""
         start = time.monotonic()
-        while await asyncio.wait_for(self.reader.read(65536), timeout_s):
-            pass
+        try:
+            while await asyncio.wait_for(self.reader.read(65536), timeout_s):
+                pass
+        except ConnectionError:
+            pass  # closed while our bytes were unread (a reset, not a FIN), or we wrote after the close
         self.writer.close()
         return time.monotonic() - start
 
@@ -368,8 +372,16 @@ async def test_handshake_and_idle_timeouts(authority: RecordingAuthority, caplog
         await idle.publish(GOOD_KEYS[0])
         assert 0.3 < await idle.closed_by_server() < 3.0
         assert authority.sinks[0].closes == ["no data for 0.5 s (rtmp.idle_timeout_s)"]
+        # Connected but never publishing: closed after handshake_timeout_s even while sending pings.
+        lingering = await RawClient.connect(srv.port)
+        lingering.command(0, "connect", 1, {"app": "live"})
+        for _ in range(6):
+            lingering.send(2, 4, 0, b"\x00\x06" + bytes(4))  # User Control ping request
+            await asyncio.sleep(0.1)
+        assert await lingering.closed_by_server() < 3.0
         lines = warnings_from(caplog)
         assert any("handshake not finished within 0.3 s" in w for w in lines)
+        assert any("no publish within 0.3 s (rtmp.handshake_timeout_s)" in w for w in lines)
     finally:
         await srv.stop()
 
@@ -398,11 +410,13 @@ async def test_connections_per_ip_cap(authority: RecordingAuthority, caplog: pyt
 async def test_chunked_publish_with_tiny_chunks_and_extended_timestamps(
     server: RTMPServer, authority: RecordingAuthority
 ) -> None:
-    """A raw publisher that never raises the chunk size and whose clock is past 2**24 ms."""
+    """A raw publisher that never raises the chunk size, whose clock is past 2**24 ms, and whose
+    metadata is unreadable (ignored with a warning, not a disconnect)."""
     client = await RawClient.connect(server.port)
     await client.publish(GOOD_KEYS[0])
     avcc = b"\x01\x42\xc0\x1e\xff\xe1\x00\x04SPS!\x01\x00\x03PPS"
     start = 0xFFFFF0
+    client.send(4, DATA_AMF0, 1, amf0.encode("@setDataFrame", "onMetaData") + b"\x03\x00\x01a")  # truncated
     client.writer.write(client.chunks.write(6, VIDEO, 1, start, b"\x17\x00\x00\x00\x00" + avcc))
     for i in range(5):
         body = (b"\x17" if i == 0 else b"\x27") + b"\x01\x00\x00\x00" + struct.pack(">I", 300) + bytes(300)
@@ -435,3 +449,21 @@ def test_works_on_uvloop() -> None:
 
     (sink,) = uvloop.run(scenario()).sinks
     assert len(decode_h264(sink)) == 15 and sink.audio
+
+
+async def test_enhanced_rtmp_avc1_is_accepted(server: RTMPServer, authority: RecordingAuthority) -> None:
+    client = await RawClient.connect(server.port)
+    await client.publish(GOOD_KEYS[0])
+    avcc = b"\x01\x42\xc0\x1e\xff\xe1\x00\x04SPS!\x01\x00\x03PPS"
+    nalu = struct.pack(">I", 3) + b"\x65\x88\x84"
+    client.send(6, VIDEO, 1, b"\x90avc1" + avcc)  # SequenceStart
+    client.writer.write(client.chunks.write(6, VIDEO, 1, 40, b"\x91avc1\x00\x00\x21" + nalu))  # CodedFrames
+    client.writer.write(client.chunks.write(6, VIDEO, 1, 73, b"\xa3avc1" + nalu))  # CodedFramesX, inter
+    await until(lambda: bool(authority.sinks) and len(authority.sinks[0].video) == 2)
+    (sink,) = authority.sinks
+    assert sink.video_configs == [avcc]
+    assert [(p.dts_ms, p.pts_ms, p.keyframe, p.data) for p in sink.video] == [
+        (40, 40 + 0x21, True, nalu), (73, 73, False, nalu)
+    ]  # fmt: skip
+    client.writer.close()
+    await until(lambda: sink.closes == ["publisher disconnected"])
