@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import av
+import numpy as np
 import pytest
 
 from livevsr.config import RTMPConfig
@@ -29,7 +30,7 @@ from livevsr.ingest.chunk import (
     ChunkWriter,
 )
 from livevsr.ingest.rtmp import RTMPServer
-from livevsr.testing.publisher import publish
+from livevsr.testing.publisher import publish, synthetic_frame
 
 GOOD_KEYS = ("good-key-1", "good-key-2")
 BAD_KEY = "bad-secret-key"
@@ -141,6 +142,30 @@ async def test_publish_delivers_decodable_h264(server: RTMPServer, authority: Re
     assert len(frames) == 30
     assert {(f.width, f.height) for f in frames} == {(320, 180)}
     assert sink.closes == ["publisher stopped (FCUnpublish)"]
+
+
+def _paint_white_at_7(image: np.ndarray, index: int) -> None:
+    assert image.shape == (180, 320, 3) and image.dtype == np.uint8 and image.flags.writeable
+    if index == 7:
+        image[:] = 255
+
+
+async def test_frame_hook_draws_into_what_is_encoded(server: RTMPServer, authority: RecordingAuthority) -> None:
+    frames = 12
+    sent = await asyncio.to_thread(
+        publish, url(server, GOOD_KEYS[0]), 320, 180, 30, frames, realtime=False, frame_hook=_paint_white_at_7
+    )
+    assert sent == frames
+    await until(lambda: bool(authority.sinks and authority.sinks[0].closes))
+    luma = [float(f.to_ndarray(format="gray").mean()) for f in decode_h264(authority.sinks[0])]
+    assert len(luma) == frames
+    assert luma[7] > 230 and max(luma[:7] + luma[8:]) < 180, luma
+
+
+def test_synthetic_frame_moves() -> None:
+    a, b = synthetic_frame(64, 36, 0), synthetic_frame(64, 36, 1)
+    assert a.shape == (36, 64, 3) and a.dtype == np.uint8
+    assert (a != b).mean() > 0.5  # most pixels change from one frame to the next
 
 
 async def test_audio_packets_arrive(server: RTMPServer, authority: RecordingAuthority) -> None:
