@@ -209,15 +209,20 @@ class ReferenceBackend(_CachingBackend):
 class FlexBackend(_CachingBackend):
     """torch FlexAttention with a BlockMask built from the draft mask.
 
-    Compiled (the default on CUDA), the selected blocks are passed as "full" blocks so no per-element
-    mask is evaluated. Eager FlexAttention ignores block sparsity and applies only ``mask_mod``
-    (gpu_offline.md section 3), so without compilation a mask_mod looks the block up in the mask.
+    The selected blocks are the BlockMask's block lists, and a ``mask_mod`` looks each element's
+    block up in the draft mask: eager FlexAttention ignores block lists and applies only the
+    mask_mod (gpu_offline.md section 3), compiled FlexAttention skips unlisted blocks. Compiled is the
+    default on CUDA. ``full_blocks=True`` (compiled only) passes the selected blocks as "full"
+    blocks instead, skipping the mask_mod; torch 2.13's CPU inductor fails to build that variant
+    (undeclared ``kv_indices``), so it is opt-in until it is checked on a GPU. Checked here: eager and
+    compiled-on-CPU equal the reference to 1e-6, empty query blocks included.
     """
 
     name = "flex"
 
-    def __init__(self, compile: bool | None = None) -> None:
+    def __init__(self, compile: bool | None = None, full_blocks: bool = False) -> None:
         super().__init__()
+        self._full_blocks = full_blocks
         from torch.nn.attention import flex_attention as fa
 
         self._fa = fa
@@ -235,10 +240,15 @@ class FlexBackend(_CachingBackend):
         heads, nqb, nkb = mask.shape
         counts = mask.sum(-1, dtype=torch.int32)[None]  # [1, H, nqb]
         order = torch.argsort(mask.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)[None]
-        empty_n = torch.zeros_like(counts)
-        if compiled:
+        if compiled and self._full_blocks:
+            # Selected blocks as "full" blocks: no per-element mask_mod at all.
             block_mask = self._fa.BlockMask.from_kv_blocks(
-                empty_n, order, counts, order, BLOCK_SIZE=BLOCK, seq_lengths=(q.shape[0], k.shape[0])
+                torch.zeros_like(counts),
+                order,
+                counts,
+                order,
+                BLOCK_SIZE=BLOCK,
+                seq_lengths=(q.shape[0], k.shape[0]),
             )
         else:
 
