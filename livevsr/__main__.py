@@ -18,6 +18,7 @@ BENCHES = {
     "attention": "livevsr.bench.attention",  # CuPy kernels vs SDPA vs FlexAttention (GPU)
     "engine": "livevsr.bench.engine",  # FlashVSR per-step time and memory (GPU)
     "e2e": "livevsr.bench.e2e",  # the whole FlashVSR step at a given size (GPU)
+    "soak": "livevsr.bench.soak",  # publishers, viewers and garbage for minutes (CPU, bicubic)
 }
 
 
