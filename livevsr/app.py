@@ -10,7 +10,7 @@ from aiohttp import web
 
 from livevsr import __version__
 from livevsr.config import Config, split_host_port
-from livevsr.engines.registry import choose_engine
+from livevsr.engines.registry import choose_engine, preload
 from livevsr.ingest.whip import WhipServer
 from livevsr.pipeline.manager import StreamManager
 from livevsr.publish.whep import WhepServer
@@ -47,6 +47,7 @@ class App:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         restrict_ice_addresses(self.config.webrtc.ice_host_addresses)
+        await asyncio.to_thread(preload, self.engine_choice, self.config.engine)  # weights load once
         self.manager = StreamManager(self.config, self.engine_choice, self.metrics, loop)
         self._add_outputs()
         log.info(
