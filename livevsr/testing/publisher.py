@@ -20,11 +20,14 @@ child, so timestamps it burns compare with the parent's; side effects on parent 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable
 from fractions import Fraction
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -32,6 +35,10 @@ import numpy as np
 AUDIO_RATE = 48000  # Hz
 AUDIO_FRAME_SAMPLES = 1024  # one AAC frame
 AUDIO_TONE_HZ = 440.0
+
+
+class _Flag(Protocol):
+    def is_set(self) -> bool: ...
 
 
 def synthetic_frame(width: int, height: int, index: int) -> np.ndarray:
@@ -72,6 +79,7 @@ def publish(
     frame_hook: Callable[[np.ndarray, int], None] | None = None,
     audio: bool = False,
     gop: int | None = None,
+    stop: threading.Event | None = None,
     in_process: bool = False,
 ) -> int:
     """Publish ``frames`` frames of ``synthetic_frame`` to ``url`` (rtmp://host:port/app/key).
@@ -79,7 +87,8 @@ def publish(
     Encodes libx264 ``tune=zerolatency``, no B-frames, SPS/PPS repeated on every keyframe, a
     keyframe every ``gop`` frames (default: one second), plus a 440 Hz AAC tone when ``audio``.
     With ``realtime`` frames are sent on the wall clock (``index / fps`` after the start);
-    otherwise as fast as they encode. Returns the number of frames sent.
+    otherwise as fast as they encode. Setting ``stop`` ends the publish early and cleanly
+    (trailer, FCUnpublish). Returns the number of frames sent.
 
     Raises what PyAV raises (an ``av.error.FFmpegError``) when the server refuses the connection,
     the application or the key (a refused key gives ``av.error.PermissionError``, also an
@@ -88,11 +97,11 @@ def publish(
     """
     args = (url, width, height, fps, frames, realtime, frame_hook, audio, gop)
     if in_process:
-        return _publish(*args)
-    return _run_in_child(args)
+        return _publish(*args, stop)
+    return _run_in_child(args, stop)
 
 
-def _child_main(conn: multiprocessing.connection.Connection, args: tuple) -> None:
+def _child_main(conn: multiprocessing.connection.Connection, args: tuple[Any, ...], stop: _Flag) -> None:
     # Drop inherited descriptors (the parent's server sockets): a forked copy would keep the
     # parent's TCP connections open after the parent closes them.
     keep = {0, 1, 2, conn.fileno()}
@@ -103,7 +112,7 @@ def _child_main(conn: multiprocessing.connection.Connection, args: tuple) -> Non
             except OSError:
                 pass
     try:
-        result: tuple = ("ok", _publish(*args))
+        result: tuple[str, Any] = ("ok", _publish(*args, stop))
     except BaseException as exc:  # noqa: B036 - everything goes back to the parent
         try:
             result = ("error", pickle.dumps(exc))
@@ -114,15 +123,21 @@ def _child_main(conn: multiprocessing.connection.Connection, args: tuple) -> Non
     conn.close()
 
 
-def _run_in_child(args: tuple) -> int:
+def _run_in_child(args: tuple[Any, ...], stop: threading.Event | None) -> int:
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     parent_end, child_end = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child_main, args=(child_end, args), name="livevsr-publisher", daemon=True)
+    child_stop = ctx.Event()
+    process = ctx.Process(
+        target=_child_main, args=(child_end, args, child_stop), name="livevsr-publisher", daemon=True
+    )
     process.start()
     child_end.close()
     try:
         try:
+            while not parent_end.poll(0.05):
+                if stop is not None and stop.is_set():
+                    child_stop.set()
             status, value = parent_end.recv()
         except EOFError:
             process.join()
@@ -148,6 +163,7 @@ def _publish(
     frame_hook: Callable[[np.ndarray, int], None] | None,
     audio: bool,
     gop: int | None,
+    stop: _Flag | None,
 ) -> int:
     if width % 2 or height % 2:
         raise ValueError(f"width and height must be even for yuv420p, got {width}x{height}")
@@ -177,6 +193,8 @@ def _publish(
         audio_samples = 0
         start = time.monotonic()
         for index in range(frames):
+            if stop is not None and stop.is_set():
+                break
             if realtime:
                 delay = start + float(index / rate) - time.monotonic()
                 if delay > 0:

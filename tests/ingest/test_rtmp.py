@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -251,6 +252,20 @@ async def test_stop_closes_open_publishes(authority: RecordingAuthority) -> None
     assert srv.connection_count == 0
     with pytest.raises(OSError):
         await asyncio.wait_for(publisher, 10.0)
+
+
+async def test_stop_event_ends_a_publish_cleanly(server: RTMPServer, authority: RecordingAuthority) -> None:
+    stop = threading.Event()
+    publisher = asyncio.ensure_future(
+        asyncio.to_thread(publish, url(server, GOOD_KEYS[0]), 160, 90, 30, 900, stop=stop)
+    )
+    await until(lambda: bool(authority.sinks and len(authority.sinks[0].video) >= 5), what="the publish")
+    stop.set()
+    sent = await asyncio.wait_for(publisher, 5.0)
+    assert 5 <= sent < 900
+    await until(lambda: bool(authority.sinks[0].closes))
+    assert authority.sinks[0].closes == ["publisher stopped (FCUnpublish)"]
+    assert len(authority.sinks[0].video) == sent
 
 
 async def test_wrong_app_is_refused(server: RTMPServer, authority: RecordingAuthority) -> None:
