@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -81,6 +82,9 @@ class Stream:
         self.source_fps = 0.0
         self.counts = {"received": 0, "decoded": 0, "upscaled": 0, "encoded": 0}
         self.dropped: dict[str, int] = {}
+        self._drop_lock = threading.Lock()
+        self._drops_unlogged: dict[str, int] = {}
+        self._drops_logged_at = 0.0
         self.last_pts_90k = 0
         self.broadcasters = {r: Broadcaster(self._keyframe_requester(r)) for r in RENDITIONS}
         # Each publish session gets one output from each factory (relays, recorder: see app.py).
@@ -127,6 +131,22 @@ class Stream:
     def drop(self, cause: str, n: int) -> None:
         self.dropped[cause] = self.dropped.get(cause, 0) + n
         self.metrics.dropped.labels(self.name, cause).inc(n)
+        # One summary line per second at most, never one per frame.
+        with self._drop_lock:
+            self._drops_unlogged[cause] = self._drops_unlogged.get(cause, 0) + n
+            now = time.monotonic()
+            if now - self._drops_logged_at < 1.0:
+                return
+            summary, self._drops_unlogged = self._drops_unlogged, {}
+            since, self._drops_logged_at = self._drops_logged_at, now
+        causes = ", ".join(f"{k} {v}" for k, v in sorted(summary.items()))
+        log.warning(
+            "[%s] dropped %d frames in the last %.1f s (%s)",
+            self.name,
+            sum(summary.values()),
+            min(now - since, 99.9),
+            causes,
+        )
 
     def record_stages(self, timing: FrameTiming, stages: tuple[str, ...]) -> None:
         self.stats.add_timing(timing, stages)
