@@ -55,7 +55,10 @@ class App:
         )
 
         self.whip = WhipServer(self.manager)
-        app = build_app(self.manager, self.whep, self.metrics, self.ready, self.whip)
+        app = build_app(
+            self.manager, self.whep, self.metrics, self.ready, self.whip,
+            viewer_token=self.config.http.viewer_token, admin_token=self.config.http.admin_token,
+        )  # fmt: skip
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = split_host_port(self.config.http.listen)

@@ -70,6 +70,8 @@ class RTMPConfig:
 @dataclass(frozen=True)
 class HTTPConfig:
     listen: str = "127.0.0.1:8889"  # viewer, WHEP, API, metrics; set 0.0.0.0:8889 to serve other machines
+    viewer_token: str = ""  # if set, WHEP playback and /api/streams need "Authorization: Bearer <token>"
+    admin_token: str = ""  # if set, enables the control API (kick a publisher) for this bearer token
 
     def check(self, key: str) -> None:
         _host_port(f"{key}.listen", self.listen)

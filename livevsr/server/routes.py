@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from pathlib import Path
 
@@ -33,8 +34,31 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=CORS_HEADERS)
 
 
+def _bearer_ok(request: web.Request, token: str) -> bool:
+    """True if no token is configured, or the request carries it (Bearer header or ?token=)."""
+    if not token:
+        return True
+    header = request.headers.get("Authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def _unauthorized() -> web.Response:
+    # Generic on purpose: never say which part was wrong.
+    return web.json_response(
+        {"error": "unauthorized"}, status=401, headers={**CORS_HEADERS, "WWW-Authenticate": "Bearer"}
+    )
+
+
 def build_app(
-    manager: StreamManager, whep: WhepServer, metrics: Metrics, ready: dict, whip: WhipServer | None = None
+    manager: StreamManager,
+    whep: WhepServer,
+    metrics: Metrics,
+    ready: dict,
+    whip: WhipServer | None = None,
+    *,
+    viewer_token: str = "",
+    admin_token: str = "",
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_SDP_BYTES)
 
@@ -52,6 +76,8 @@ def build_app(
         return await index(request)
 
     async def whep_post(request: web.Request) -> web.Response:
+        if not _bearer_ok(request, viewer_token):
+            return _unauthorized()
         stream = manager.get(request.match_info["name"])
         if stream is None:
             return _error(404, "no such stream")
@@ -123,7 +149,23 @@ def build_app(
     async def options(request: web.Request) -> web.Response:
         return web.Response(status=204, headers=CORS_HEADERS)
 
+    async def api_kick(request: web.Request) -> web.Response:
+        if not admin_token:
+            return _error(403, "the control API is disabled; set http.admin_token to enable it")
+        if not _bearer_ok(request, admin_token):
+            return _unauthorized()
+        stream = manager.get(request.match_info["name"])
+        if stream is None:
+            return _error(404, "no such stream")
+        if stream.session is None:
+            return _error(409, "the stream has no publisher")
+        stream.session.close("kicked by an operator")
+        log.info("[%s] publisher kicked by an operator (%s)", stream.name, request.remote)
+        return web.json_response({"kicked": stream.name}, headers=CORS_HEADERS)
+
     async def api_streams(request: web.Request) -> web.Response:
+        if not _bearer_ok(request, viewer_token):
+            return _unauthorized()
         return web.json_response(
             {"version": __version__, "streams": [s.snapshot() for s in manager.streams.values()]},
             headers=CORS_HEADERS,
@@ -158,6 +200,7 @@ def build_app(
         app.router.add_patch("/whip/{name}/session/{session}", whep_patch)  # 405: no trickle ICE
         app.router.add_route("OPTIONS", "/whip/{name}/session/{session}", options)
     app.router.add_get("/api/streams", api_streams)
+    app.router.add_post("/api/streams/{name}/kick", api_kick)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
