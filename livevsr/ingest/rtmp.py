@@ -260,6 +260,7 @@ class _Connection:
                 self.writer.write(bytes([RTMP_VERSION]) + s1 + c1)
                 await self.writer.drain()
                 await self.reader.readexactly(HANDSHAKE_BYTES)  # C2: its content is not checked
+                self.bytes_in = self.acked_bytes = 1 + 2 * HANDSHAKE_BYTES  # acks count the handshake too
         except TimeoutError:
             raise _Closed(f"handshake not finished within {timeout_s:g} s", logging.WARNING) from None
         except asyncio.IncompleteReadError:

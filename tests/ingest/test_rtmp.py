@@ -23,10 +23,14 @@ from livevsr.errors import IngestError
 from livevsr.ingest import amf0
 from livevsr.ingest.base import AudioPacket, VideoPacket
 from livevsr.ingest.chunk import (
+    ACKNOWLEDGEMENT,
+    AGGREGATE,
     COMMAND_AMF0,
     DATA_AMF0,
     SET_CHUNK_SIZE,
+    USER_CONTROL,
     VIDEO,
+    WINDOW_ACK_SIZE,
     ChunkReader,
     ChunkWriter,
 )
@@ -507,3 +511,41 @@ async def test_enhanced_rtmp_avc1_is_accepted(server: RTMPServer, authority: Rec
     ]  # fmt: skip
     client.writer.close()
     await until(lambda: sink.closes == ["publisher disconnected"])
+
+
+async def test_acknowledgements_and_ping(server: RTMPServer) -> None:
+    client = await RawClient.connect(server.port)
+    client.command(0, "connect", 1, {"app": "live"})
+    await client.until_command("_result")
+    client.send(2, WINDOW_ACK_SIZE, 0, struct.pack(">I", 4000))  # ack me every 4000 bytes
+    client.send(2, USER_CONTROL, 0, b"\x00\x06" + struct.pack(">I", 1234))  # ping request
+    client.send(3, COMMAND_AMF0, 0, amf0.encode("_checkbw", 0, None, "x" * 5000))  # > 4000 bytes
+    seen: dict[int, bytes] = {}
+    while ACKNOWLEDGEMENT not in seen or USER_CONTROL not in seen:
+        data = await asyncio.wait_for(client.reader.read(65536), 5.0)
+        assert data
+        seen.update((m.type_id, m.payload) for m in client.incoming.feed(data))
+    assert seen[USER_CONTROL] == b"\x00\x07" + struct.pack(">I", 1234)  # ping response
+    (acked,) = struct.unpack(">I", seen[ACKNOWLEDGEMENT])
+    assert acked >= 1 + 2 * 1536 + 5000  # handshake plus everything since
+    client.writer.close()
+
+
+async def test_aggregate_message_is_split_into_tags(server: RTMPServer, authority: RecordingAuthority) -> None:
+    client = await RawClient.connect(server.port)
+    await client.publish(GOOD_KEYS[0])
+    avcc = b"\x01\x42\xc0\x1e\xff\xe1\x00\x04SPS!\x01\x00\x03PPS"
+    nalu = struct.pack(">I", 3) + b"\x65\x88\x84"
+
+    def tag(type_id: int, ts: int, body: bytes) -> bytes:
+        header = bytes([type_id]) + len(body).to_bytes(3, "big") + (ts & 0xFFFFFF).to_bytes(3, "big")
+        return header + bytes([ts >> 24]) + bytes(3) + body + struct.pack(">I", 11 + len(body))
+
+    tags = tag(VIDEO, 500, b"\x17\x00\x00\x00\x00" + avcc) + tag(VIDEO, 500, b"\x17\x01\x00\x00\x00" + nalu)
+    tags += tag(VIDEO, 533, b"\x27\x01\x00\x00\x00" + nalu)
+    client.writer.write(client.chunks.write(6, AGGREGATE, 1, 1000, tags))  # sub-tag times shift by +500
+    await until(lambda: bool(authority.sinks) and len(authority.sinks[0].video) == 2)
+    (sink,) = authority.sinks
+    assert sink.video_configs == [avcc]
+    assert [(p.dts_ms, p.keyframe) for p in sink.video] == [(1000, True), (1033, False)]
+    client.writer.close()
