@@ -13,8 +13,10 @@ a stream (``open``) only allocates its session: KV cache, decoder memory, a few 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import threading
 from dataclasses import dataclass
 
 import av
@@ -135,6 +137,26 @@ def load_models(cfg: FlashVSRConfig, dit_config: DiTConfig | None = None) -> Fla
     )
 
 
+_shared_lock = threading.Lock()
+_shared: dict[tuple, FlashVSRModels] = {}
+
+
+def shared_models(cfg: FlashVSRConfig, dit_config: DiTConfig | None = None) -> FlashVSRModels:
+    """:func:`load_models`, once per process and configuration: every stream's engine shares them."""
+    key = (cfg.weights_dir, cfg.variant, cfg.proj_in, cfg.dtype, cfg.device, dit_config)
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = load_models(cfg, dit_config)
+        return _shared[key]
+
+
+def stream_private(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers are the same tensors (no memory) but whose
+    stream state (caches, memories, flags) is its own."""
+    memo = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
 def random_models(
     cfg: FlashVSRConfig,
     dit_config: DiTConfig | None = None,
@@ -201,9 +223,14 @@ class FlashVSREngine:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.dtype = _DTYPES[cfg.dtype]
-        models = weights if weights is not None else load_models(cfg, dit_config)
+        models = weights if weights is not None else shared_models(cfg, dit_config)
         for m in (models.dit, models.proj_in, models.decoder):
             m.to(self.device, self.dtype).eval().requires_grad_(False)
+        # The DiT is stateless (the backend owns the KV cache); proj-in and decoder keep stream state,
+        # so each engine gets its own module objects over the same weight tensors.
+        models = FlashVSRModels(
+            models.dit, stream_private(models.proj_in), stream_private(models.decoder), models.prompt
+        )
         self.models = models
         self.dit_config = models.dit.cfg
         with torch.inference_mode():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import av
@@ -94,6 +95,33 @@ def test_prompt_and_time_constants_are_computed_once_per_engine(monkeypatch: pyt
         engine.push(_frames(8, *size))
         engine.flush()
     assert len(calls) == 1
+
+
+def test_engines_share_weights_but_not_stream_state() -> None:
+    cfg = dataclasses.replace(CPU, proj_in="v1.1")  # the causal proj-in carries state across clips
+    models = random_models(cfg, TINY, proj_hidden=(16, 16), decoder_channels=(8, 8, 8, 8), prompt_tokens=5)
+    a, b = FlashVSREngine(cfg, weights=models), FlashVSREngine(cfg, weights=models)
+    assert a.models.dit is b.models.dit
+    for name in ("proj_in", "decoder"):
+        ma, mb = getattr(a.models, name), getattr(b.models, name)
+        assert ma is not mb
+        assert all(pa is pb for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True))
+    a.open(16, 16, 30.0)
+    b.open(16, 16, 30.0)
+    frames = _frames(24, 16, 16)
+    a.push(frames[:8])  # interleave two streams: each must come out as if it ran alone
+    b.push(frames[:8])
+    out_a = a.push(frames[8:16]) + a.push(frames[16:24]) + a.flush()
+    b.push(frames[8:16])
+    b.push(frames[16:24])
+    out_b = b.flush()
+    alone = FlashVSREngine(cfg, weights=models)
+    alone.open(16, 16, 30.0)
+    out_alone = [f for i in range(0, 24, 8) for f in alone.push(frames[i : i + 8])] + alone.flush()
+    assert len(out_a) == len(out_b) == len(out_alone) == 24
+    for fa, fb, fc in zip(out_a, out_b, out_alone, strict=True):
+        assert np.array_equal(fa.to_ndarray(format="rgb24"), fc.to_ndarray(format="rgb24"))
+        assert np.array_equal(fb.to_ndarray(format="rgb24"), fc.to_ndarray(format="rgb24"))
 
 
 def test_padded_size_is_a_128_multiple_of_at_least_128() -> None:
