@@ -490,7 +490,11 @@ class _Connection:
             return
         tag = flv.parse_video(payload)
         if tag.codec != "h264":
-            raise _Closed(f"video codec {tag.codec} is not supported; {_CODEC_ADVICE}", logging.WARNING)
+            if tag.codec.startswith("Enhanced RTMP"):  # multitrack (OBS "Enhanced Broadcasting") or ModEx
+                reason = f"{tag.codec} video is not supported; send one H.264 track (no multitrack video)"
+            else:
+                reason = f"video codec {tag.codec} is not supported; {_CODEC_ADVICE}"
+            raise _Closed(reason, logging.WARNING)
         if tag.kind == flv.CONFIG:
             config = bytes(tag.data)
             if config != self.video_config:

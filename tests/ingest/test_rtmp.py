@@ -373,16 +373,24 @@ async def test_oversized_message_claim_closes_the_connection(
     assert "16777215-byte message, above rtmp.max_message_bytes 8000000" in line
 
 
-async def test_hevc_publish_is_refused_with_advice(
-    server: RTMPServer, authority: RecordingAuthority, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"\x90hvc1" + bytes(30), "video codec hevc is not supported; use H.264: in OBS"),  # E-RTMP HEVC
+        (b"\x1c\x00" + bytes(30), "video codec hevc is not supported; use H.264"),  # legacy codec id 12
+        (b"\x96" + bytes(30), "Enhanced RTMP multitrack video is not supported; send one H.264 track"),
+    ],
+)
+async def test_other_video_codecs_are_refused_with_advice(
+    server: RTMPServer, authority: RecordingAuthority, body: bytes, expected: str
 ) -> None:
     client = await RawClient.connect(server.port)
     await client.publish(GOOD_KEYS[0])
-    client.send(6, VIDEO, 1, b"\x90hvc1" + bytes(30))  # Enhanced RTMP HEVC SequenceStart
+    client.send(6, VIDEO, 1, body)
     await client.closed_by_server()
     (sink,) = authority.sinks
     (reason,) = sink.closes
-    assert reason.startswith("video codec hevc is not supported; use H.264") and "OBS" in reason
+    assert reason.startswith(expected)
 
 
 async def test_deep_amf0_closes_the_connection(server: RTMPServer, caplog: pytest.LogCaptureFixture) -> None:
