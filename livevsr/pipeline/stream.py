@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 RENDITIONS = ("upscaled", "source")
 ENGINE_QUEUE_FRAMES = 16  # upscaled frames waiting for the encoder; backpressure onto the ring
 PIPELINE_STAGES = ("decode", "queue", "engine", "encode")
+FPS_SAMPLE_PACKETS = 8
 
 
 class SessionOutput(Protocol):
@@ -193,6 +194,7 @@ class PublishSession:
         self.error: str | None = None
         self._frame_ids = itertools.count()
         self._fps_hint = 0.0
+        self._dts_seen: list[int] = []
         self.last_pts_90k = stream.last_pts_90k
         cfg = stream.config
         self.engine = stream.engine_factory()
@@ -229,6 +231,7 @@ class PublishSession:
     def video_packet(self, packet: VideoPacket) -> None:
         if self.closed:
             return
+        self._learn_fps(packet.dts_ms)
         timing = FrameTiming(next(self._frame_ids), packet.pts_ms)
         timing.mark("received", packet.recv_ns)
         self.stream.count("received")
@@ -261,6 +264,16 @@ class PublishSession:
         if fps > 0:
             self._fps_hint = fps
             self.stream.source_fps = fps
+
+    def _learn_fps(self, dts_ms: int) -> None:
+        """The source frame rate, from the median gap of the first packets (rate control needs it)."""
+        if self._fps_hint or len(self._dts_seen) > FPS_SAMPLE_PACKETS:
+            return
+        self._dts_seen.append(dts_ms)
+        if len(self._dts_seen) > FPS_SAMPLE_PACKETS:
+            gaps = sorted(b - a for a, b in itertools.pairwise(self._dts_seen) if b > a)
+            if gaps:
+                self.set_source_fps(round(1000 / gaps[len(gaps) // 2], 2))
 
     def close(self, reason: str) -> None:
         """The publisher left (or was replaced): drain what is in flight, then end."""

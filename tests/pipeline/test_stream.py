@@ -72,6 +72,7 @@ async def test_viewer_receives_frames_exactly_four_times_the_input(app: App) -> 
         assert info["engine"]["name"] == "bicubic"
         assert info["viewers"] == 1
         assert info["latency_ms"]["total"]["p50"] > 0
+        assert app.manager.streams["main"].source_fps == pytest.approx(30, abs=1)  # learned from timestamps
     await feeder
     sink.close("publisher left")
     await wait_for(lambda: app.manager.streams["main"].state == "idle")
