@@ -346,14 +346,7 @@ class _Connection:
             payload = message.payload
             if type_id == DATA_AMF3 and payload[:1] == b"\x00":
                 payload = payload[1:]
-            try:
-                values = amf0.decode_all(payload)
-            except amf0.AMF0Error as exc:  # metadata is informational: a bad one is not worth a disconnect
-                if not self.warned_data:
-                    self.warned_data = True
-                    log.warning("%s ignoring an unreadable data message: %s", self.prefix, exc)
-                return
-            self._on_data(values)
+            self._on_data(payload)
         elif type_id == AGGREGATE:
             self._on_aggregate(message, recv_ns)
         elif type_id == WINDOW_ACK_SIZE:
@@ -444,7 +437,14 @@ class _Connection:
         self._send_status(stream_id, "status", "NetStream.Publish.Start", "Publishing.")
         log.info("%s publishing rtmp://…/%s/****", self.prefix, self.app)
 
-    def _on_data(self, values: list[Any]) -> None:
+    def _on_data(self, payload: bytes) -> None:
+        try:
+            values = amf0.decode_all(payload)
+        except amf0.AMF0Error as exc:  # metadata is informational: a bad one is not worth a disconnect
+            if not self.warned_data:
+                self.warned_data = True
+                log.warning("%s ignoring an unreadable data message: %s", self.prefix, exc)
+            return
         if values and values[0] == "@setDataFrame":
             values = values[1:]
         if len(values) >= 2 and values[0] == "onMetaData" and isinstance(values[1], dict):
@@ -475,7 +475,7 @@ class _Connection:
             elif tag_type == AUDIO:
                 self._on_audio(tag, ts, message.stream_id, recv_ns)
             elif tag_type == DATA_AMF0:
-                self._on_data(amf0.decode_all(tag))
+                self._on_data(tag)
             pos += 11 + size + 4
 
     def _unwrap(self, kind: int, timestamp: int) -> int:
