@@ -310,15 +310,16 @@
         this.st.read++;
         this.st.last_ms = ms;
         this.samples.push(ms);
-        if (this.samples.length > 900) this.samples.shift();
+        if (this.samples.length > 18000) this.samples.shift(); // 10 min at 30 fps
         return;
       }
     }
 
+    // the panel shows the last 10 s (300 frames at 30 fps); count is every sample kept
     summarise() {
-      const sorted = [...this.samples].sort((a, b) => a - b);
+      const sorted = this.samples.slice(-300).sort((a, b) => a - b);
       Object.assign(this.st, {
-        count: sorted.length,
+        count: this.samples.length,
         p50_ms: percentile(sorted, 0.5),
         p95_ms: percentile(sorted, 0.95),
         p99_ms: percentile(sorted, 0.99),
@@ -371,6 +372,11 @@
       stats.probe = {};
       probes.push(new BarcodeProbe(videoUp, 'upscaled'));
       probes.push(new BarcodeProbe(videoSrc, 'source'));
+      // for benchmarks: start a measurement window, then fetch its raw samples (ms, oldest first)
+      window.livevsrProbe = {
+        reset() { probes.forEach((p) => { p.samples = []; p.summarise(); }); },
+        samples(key) { return [...probes[key === 'source' ? 1 : 0].samples]; },
+      };
     }
   }
 

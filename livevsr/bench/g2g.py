@@ -1,11 +1,15 @@
 """``livevsr bench g2g``: glass-to-glass latency through the live server, measured with a burned barcode.
 
-One process, all on loopback: an App (bicubic unless told otherwise) takes an RTMP publisher that
-burns ``now_us()`` into each 640x360 frame (livevsr/telemetry/barcode.py); an aiortc WHEP client
-decodes the 4x output and reads the barcode back at 4x the cell size. Latency is from "frame drawn
-by the publisher" to "decoded by the viewer" (a browser adds its playout buffer and display on top;
-``/view/<name>?probe=1`` measures that). The publisher runs in a forked child, so both ends read the
-same wall clock.
+All on loopback: an App (bicubic unless told otherwise) takes an RTMP publisher that burns
+``now_us()`` into each 640x360 frame (livevsr/telemetry/barcode.py), and a viewer reads the barcode
+back from the 4x output at 4x the cell size. The publisher encodes in a forked child; every clock
+read is the same machine's wall clock.
+
+Viewers (``--viewer``):
+- ``aiortc`` (default): a WHEP client in this process; latency from "frame drawn by the publisher"
+  to "decoded by the viewer", before any playout buffer.
+- ``chromium``: the web viewer in headless Chromium with ``?probe=1``; latency to the frame's
+  expected display time (requestVideoFrameCallback), jitter buffer included: glass to glass.
 
 Prints one JSON line and appends the run to BENCHMARKS.md.
 """
@@ -37,6 +41,10 @@ from livevsr.telemetry import barcode
 STREAM_NAME = "main"
 STREAM_KEY = "g2g"
 SOURCE_CELL_PX = 8
+VIEWERS = {
+    "aiortc": "aiortc client, latency to decoded",
+    "chromium": "web viewer in headless Chromium (?probe=1), latency to expected display",
+}
 
 
 class _StopPublishing(Exception):
@@ -138,10 +146,68 @@ async def _api_stream(http_port: int) -> dict[str, Any]:
     return next((s for s in body["streams"] if s["name"] == STREAM_NAME), {})
 
 
+@dataclasses.dataclass
+class View:
+    """What one viewer saw during the measurement window."""
+
+    latencies_ms: list[float] = dataclasses.field(default_factory=list)
+    received: int = 0  # frames decoded (aiortc) or presented (Chromium)
+    unread: int = 0  # of those, frames whose barcode did not read
+    size: tuple[int, int] | None = None
+
+
+async def _view_aiortc(http_port: int, args: argparse.Namespace) -> View:
+    """An aiortc WHEP client; latency is to "decoded", read from the top of the luma plane."""
+    from livevsr.testing.whep_client import WhepClient
+
+    view = View()
+    async with WhepClient(f"http://127.0.0.1:{http_port}/whep/{STREAM_NAME}") as client:
+        await client.recv(timeout=args.connect_timeout_s)
+        measure_from = time.monotonic() + args.warmup_s
+        measure_until = measure_from + args.seconds
+        while (now := time.monotonic()) < measure_until:
+            frame = await client.recv(timeout=10.0)
+            at_us = barcode.now_us()
+            if now < measure_from:
+                continue
+            view.received += 1
+            view.size = (frame.width, frame.height)
+            value = read_frame(frame, SOURCE_CELL_PX * frame.width / args.width)
+            if value is None:
+                view.unread += 1
+            else:
+                view.latencies_ms.append(barcode.latency_us(value, at_us) / 1000)
+    return view
+
+
+async def _view_chromium(http_port: int, args: argparse.Namespace) -> View:
+    """The web viewer in headless Chromium with ``?probe=1``: latency to the frame's expected display time."""
+    from livevsr.testing.chromium import Chromium, chromium_path
+
+    if chromium_path() is None:
+        raise RuntimeError("--viewer chromium needs /usr/bin/chromium (apt-get install -y chromium)")
+    probe = "window.livevsrStats.probe.upscaled"
+    async with Chromium(f"http://127.0.0.1:{http_port}/view/{STREAM_NAME}?probe=1") as browser:
+        await browser.wait_for(f"{probe} && {probe}.count > 0", timeout_s=args.connect_timeout_s)
+        await asyncio.sleep(args.warmup_s)
+        await browser.evaluate("window.livevsrProbe.reset()")
+        before = await browser.evaluate(probe)
+        await asyncio.sleep(args.seconds)
+        after = await browser.evaluate(probe)
+        samples = await browser.evaluate("window.livevsrProbe.samples('upscaled')")
+        video = "document.getElementById('video-upscaled')"
+        size = await browser.evaluate(f"[{video}.videoWidth, {video}.videoHeight]")
+    return View(
+        latencies_ms=[float(x) for x in samples],
+        received=after["frames"] - before["frames"],
+        unread=(after["frames"] - before["frames"]) - (after["read"] - before["read"]),
+        size=(size[0], size[1]),
+    )
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from livevsr.app import App, restrict_ice_addresses
     from livevsr.config import Config, EngineConfig, HTTPConfig, StreamConfig, load_config
-    from livevsr.testing.whep_client import WhepClient
 
     base = load_config(args.config) if args.config else Config(engine=EngineConfig(name="bicubic"))
     engine = base.engine if args.engine is None else dataclasses.replace(base.engine, name=args.engine)
@@ -161,9 +227,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await app.start()
     publisher = BarcodePublisher(f"rtmp://127.0.0.1:{app.rtmp_port}/{config.rtmp.app}/{STREAM_KEY}",
                                  args.width, args.height, args.fps, args.warmup_s + args.seconds + 30)
-    latencies_ms: list[float] = []
-    received = unread = 0
-    size: tuple[int, int] | None = None
+    view = View()
     stream: dict[str, Any] = {}
     try:
         publisher.start()
@@ -175,26 +239,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if publisher.error is not None:
                 raise publisher.error
             await asyncio.sleep(0.2)
-        url = f"http://127.0.0.1:{app.http_port}/whep/{STREAM_NAME}"
-        async with WhepClient(url) as client:
-            frame = await client.recv(timeout=args.connect_timeout_s)
-            measure_from = time.monotonic() + args.warmup_s
-            measure_until = measure_from + args.seconds
-            while True:
-                now = time.monotonic()
-                if now >= measure_until:
-                    break
-                frame = await client.recv(timeout=10.0)
-                at_us = barcode.now_us()
-                if now < measure_from:
-                    continue
-                received += 1
-                size = (frame.width, frame.height)
-                value = read_frame(frame, SOURCE_CELL_PX * frame.width / args.width)
-                if value is None:
-                    unread += 1
-                else:
-                    latencies_ms.append(barcode.latency_us(value, at_us) / 1000)
+        viewer = _view_chromium if args.viewer == "chromium" else _view_aiortc
+        view = await viewer(app.http_port, args)
         stream = await _api_stream(app.http_port)
     finally:
         await publisher.stop()
@@ -205,13 +251,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "bench": "g2g",
         "engine": (stream.get("engine") or {}).get("name", config.engine.name),
         "input": f"{args.width}x{args.height}@{args.fps:g}",
-        "output": f"{size[0]}x{size[1]}" if size else None,
+        "output": f"{view.size[0]}x{view.size[1]}" if view.size else None,
+        "viewer": args.viewer,
         "seconds": args.seconds,
         "frames_published": publisher.frames,
-        "frames_received": received,
-        "frames_unreadable": unread,
-        "fps_received": round(received / args.seconds, 2),
-        "g2g_ms": percentiles(latencies_ms),
+        "frames_received": view.received,
+        "frames_unreadable": view.unread,
+        "fps_received": round(view.received / args.seconds, 2),
+        "g2g_ms": percentiles(view.latencies_ms),
         "server_total_ms": (stream.get("latency_ms") or {}).get("total"),
         "server_stages_ms": {k: v.get("p50") for k, v in (stream.get("latency_ms") or {}).items()},
         "dropped": (stream.get("frames") or {}).get("dropped"),
@@ -225,14 +272,14 @@ def _append_markdown(path: Path, command: str, result: dict[str, Any]) -> None:
     lines = [
         f"\n### g2g: `{command}` ({when})\n",
         f"Machine: {result['machine']}; load average {result['load_avg_1min']} at the end. "
-        "Publisher -> RTMP -> App -> WHEP -> aiortc decode, all on loopback.\n",
-        "| engine | input | output | frames recv (fps) | unreadable | g2g ms p50 | p95 | p99 | max "
+        f"Publisher -> RTMP -> App -> WHEP -> {VIEWERS[result['viewer']]}, all on loopback.\n",
+        "| engine | input | output | viewer | frames recv (fps) | unreadable | g2g ms p50 | p95 | p99 | max "
         "| server total p50/p95 ms | dropped |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     server = result.get("server_total_ms") or {}
     cells = [
-        result["engine"], result["input"], result["output"],
+        result["engine"], result["input"], result["output"], result["viewer"],
         f"{result['frames_received']} ({result['fps_received']})", result["frames_unreadable"],
         g["p50"], g["p95"], g["p99"], g["max"], f"{server.get('p50', '-')} / {server.get('p95', '-')}", drops,
     ]
@@ -254,6 +301,8 @@ def main(argv: list[str]) -> int:
                         help="default: bicubic, or the config's engine when --config is given")
     parser.add_argument("--config", type=Path, default=None,
                         help="take engine, encoder and pipeline settings from this YAML (ports are ignored)")
+    parser.add_argument("--viewer", choices=("aiortc", "chromium"), default="aiortc",
+                        help="aiortc: latency to decoded; chromium: the web viewer's ?probe=1, to displayed")
     parser.add_argument("--connect-timeout-s", type=float, default=30.0)
     parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"),
                         help="file the run is appended to")
