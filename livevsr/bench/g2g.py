@@ -175,9 +175,17 @@ async def _view_aiortc(http_port: int, args: argparse.Namespace) -> View:
             value = read_frame(frame, SOURCE_CELL_PX * frame.width / args.width)
             if value is None:
                 view.unread += 1
+                if args.dump_unreadable and view.unread <= 20:
+                    _dump(args.dump_unreadable, view.received, frame)
             else:
                 view.latencies_ms.append(barcode.latency_us(value, at_us) / 1000)
     return view
+
+
+def _dump(folder: Path, index: int, frame: av.VideoFrame) -> None:
+    """Keep an unreadable frame's luma (``[H, W]`` uint8 .npy) to look at why."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"unreadable-{index:05d}.npy", frame.to_ndarray(format="gray"))
 
 
 async def _view_chromium(http_port: int, args: argparse.Namespace) -> View:
@@ -307,6 +315,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"),
                         help="file the run is appended to")
     parser.add_argument("--no-markdown", action="store_true")
+    parser.add_argument("--dump-unreadable", type=Path, default=None, metavar="DIR",
+                        help="save the luma of up to 20 frames whose barcode did not read (aiortc viewer)")
     parser.add_argument("--verbose", action="store_true", help="show the server's log")
     args = parser.parse_args(argv)
     if args.width % 2 or args.height % 2 or args.width < 8 * SOURCE_CELL_PX:
