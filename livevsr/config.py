@@ -190,8 +190,13 @@ class EngineConfig:
 class PipelineConfig:
     ring_capacity_frames: int = 64  # decoded frames waiting for the engine; ~2 s at 30 fps
     ring_policy: str = "drop"  # drop: live, drop the oldest whole chunk when full | block: lossless (files)
+    # drop policy: a chunk that waited longer than this for the engine is dropped as "late", so an
+    # overloaded machine stays live (fewer frames) instead of falling ever further behind; 0 = off
+    max_queue_ms: int = 500
 
     def check(self, key: str) -> None:
+        if self.max_queue_ms < 0:
+            raise ConfigError(f"{key}.max_queue_ms: must be >= 0 (0 turns it off), got {self.max_queue_ms!r}")
         if self.ring_capacity_frames < 1:
             raise ConfigError(f"{key}.ring_capacity_frames: must be >= 1, got {self.ring_capacity_frames!r}")
         if self.ring_policy not in ("drop", "block"):

@@ -33,7 +33,7 @@ from livevsr.telemetry.timing import FrameTiming
 log = logging.getLogger(__name__)
 
 RENDITIONS = ("upscaled", "source")
-ENGINE_QUEUE_FRAMES = 16  # upscaled frames waiting for the encoder; backpressure onto the ring
+ENGINE_QUEUE_FRAMES = 8  # upscaled frames waiting for the encoder; backpressure onto the ring
 PIPELINE_STAGES = ("decode", "queue", "engine", "encode")
 FPS_SAMPLE_PACKETS = 8
 
@@ -211,8 +211,9 @@ class PublishSession:
                 log.exception("[%s] cannot start an output", self.name)
         self.decoder = DecodeThread(self.name, self.ring, stream.drop, self._on_decoded)
         self.worker = EngineWorker(
-            self.name, self.engine, self.ring, self._upscaled, self.fps_hint, self._fail, stream.drop
-        )
+            self.name, self.engine, self.ring, self._upscaled, self.fps_hint, self._fail, stream.drop,
+            max_queue_ms=cfg.pipeline.max_queue_ms if cfg.pipeline.ring_policy == "drop" else 0,
+        )  # fmt: skip
         self.encoder: EncodeWorker | None = EncodeWorker(
             self.name, cfg.encoder, self._upscaled, self.fps_hint, stream.last_pts_90k,
             self._deliver, self._on_encoded, self._fail,

@@ -10,6 +10,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,8 +47,10 @@ class EngineWorker:
         fps_hint: Callable[[], float],
         on_error: Callable[[str], None],
         on_drop: Callable[[str, int], None],
+        max_queue_ms: int = 0,
     ) -> None:
         self.name = name
+        self._max_queue_ns = max_queue_ms * 1_000_000
         self.engine = engine
         self._ring = ring
         self._output = output
@@ -77,6 +80,8 @@ class EngineWorker:
                     break
                 if chunk is None:
                     continue
+                if self._too_late(chunk):
+                    continue
                 try:
                     self._process(chunk)
                     errors = 0
@@ -96,6 +101,16 @@ class EngineWorker:
         finally:
             self._close_engine()
             self._output.put(END)
+
+    def _too_late(self, chunk: list[DecodedFrame]) -> bool:
+        """Live streams stay live: a chunk that waited past the budget is dropped, not upscaled late."""
+        if not self._max_queue_ns:
+            return False
+        waited = time.monotonic_ns() - chunk[-1].timing.marks["decoded"]
+        if waited <= self._max_queue_ns:
+            return False
+        self._on_drop("late", len(chunk))
+        return True
 
     def _process(self, chunk: list[DecodedFrame]) -> None:
         size = (chunk[0].frame.width, chunk[0].frame.height)

@@ -52,7 +52,7 @@ class Metrics:
         """Zero every series for ``stream`` so dashboards show 0 instead of nothing."""
         for point in ("received", "decoded", "upscaled", "encoded"):
             self.frames.labels(stream, point)
-        for cause in ("ring_full", "decode_error", "ingest_backlog", "engine_error"):
+        for cause in ("ring_full", "late", "decode_error", "ingest_backlog", "engine_error"):
             self.dropped.labels(stream, cause)
         self.viewers.labels(stream).set(0)
         self.live.labels(stream).set(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import av
 
@@ -83,3 +84,24 @@ async def test_encoder_failure_restarts_the_encoder(app: App, monkeypatch) -> No
     assert failed and len(created) >= 4  # upscaled + source encoders, then both again after the failure
     await feeder
     sink.close("done")
+
+
+class SlowEngine(BicubicEngine):
+    """Takes 100 ms a frame: a machine that cannot keep up with 30 fps."""
+
+    def push(self, frames: list[av.VideoFrame]) -> list[av.VideoFrame]:
+        time.sleep(0.1 * len(frames))
+        return super().push(frames)
+
+
+async def test_an_overloaded_engine_drops_late_frames_and_stays_live(app: App) -> None:
+    stream = app.manager.streams["main"]
+    stream.engine_factory = SlowEngine
+    sink = app.manager.open_publish("k-main", "test")
+    await feed(sink, h264_packets(64, 48, 90))  # 3 s of 30 fps input for a 10 fps engine
+    await wait_for(lambda: stream.dropped.get("late", 0) > 0)
+    sink.close("done")
+    await wait_for(lambda: not stream.sessions_running)
+    assert stream.counts["encoded"] + stream.dropped.get("late", 0) + stream.dropped.get("ring_full", 0) == 90
+    # Latency stays near the 500 ms queue budget plus one engine step instead of growing for 3 s.
+    assert stream.stats.percentiles_ms()["queue"]["p95"] < 800
