@@ -88,6 +88,8 @@ def build_app(
             offer = await request.text()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, "SDP offer too large")
+        except (UnicodeDecodeError, LookupError):  # not UTF-8, or an unknown charset parameter
+            return _error(400, "the SDP offer is not text in its charset (send UTF-8)")
         try:
             session, answer = await whep.create(stream, rendition, offer)
         except OfferError as exc:
@@ -118,6 +120,8 @@ def build_app(
             offer = await request.text()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, "SDP offer too large")
+        except (UnicodeDecodeError, LookupError):  # not UTF-8, or an unknown charset parameter
+            return _error(400, "the SDP offer is not text in its charset (send UTF-8)")
         try:
             session, answer = await whip.create(
                 request.match_info.get("name"), token, offer, request.remote or "unknown"
