@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 
 import pytest
 
@@ -102,3 +103,26 @@ def test_refused_markers_and_bad_utf8() -> None:
 def test_encode_rejects_unknown_types() -> None:
     with pytest.raises(TypeError, match="cannot encode a bytes"):
         encode(b"raw")
+
+
+def test_member_and_top_level_value_caps() -> None:
+    members = b"".join(b"\x00\x04" + b"%04x" % i + b"\x05" for i in range(amf0.MAX_ITEMS + 1))
+    with pytest.raises(AMF0Error, match=f"object at byte 0 has more than {amf0.MAX_ITEMS} members"):
+        decode_all(b"\x03" + members + b"\x00\x00\x09")
+    assert len(decode_all(b"\x05" * amf0.MAX_ITEMS)) == amf0.MAX_ITEMS
+    with pytest.raises(AMF0Error, match=f"more than {amf0.MAX_ITEMS} top-level values"):
+        decode_all(b"\x05" * (amf0.MAX_ITEMS + 1))
+
+
+def test_claimed_sizes_of_2_31_never_allocate() -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(AMF0Error, match="2147483648 bytes at byte 5 exceeds the 65536-byte cap"):
+            decode_all(b"\x0c\x80\x00\x00\x00" + bytes(16))
+        with pytest.raises(AMF0Error, match="strict array of 2147483648 items"):
+            decode_all(b"\x0a\x80\x00\x00\x00" + bytes(16))
+        assert decode_all(b"\x08\x80\x00\x00\x00\x00\x00\x09") == [{}]  # the ECMA count is only a hint
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000, f"peak {peak} bytes"

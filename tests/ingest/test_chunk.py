@@ -195,3 +195,41 @@ def test_abort_discards_a_partial_message() -> None:
     fresh = ChunkWriter().write(6, COMMAND_AMF0, 1, 5, b"hello")
     messages = reader().feed(partial + abort + fresh)
     assert [(m.type_id, m.payload) for m in messages] == [(2, struct.pack(">I", 6)), (COMMAND_AMF0, b"hello")]
+
+
+def test_claimed_2_31_chunk_size_and_big_message_never_allocate() -> None:
+    # The largest chunk size a config allows; a peer then claims 2**31 and 2**31 - 1, and a 7 MB
+    # message arrives as 100 bytes. Nothing may be sized from a claim.
+    r = ChunkReader(max_message_bytes=8_000_000, max_chunk_size=16_777_215)
+    tracemalloc.start()
+    try:
+        for size, message in ((1 << 31, "it must be 1..2147483647"), ((1 << 31) - 1, "above rtmp.max_chunk_size")):
+            with pytest.raises(ChunkError, match=message):
+                ChunkReader(8_000_000, 16_777_215).feed(ChunkWriter().write(2, SET_CHUNK_SIZE, 0, 0, struct.pack(">I", size)))
+        assert [m.type_id for m in r.feed(ChunkWriter().write(2, SET_CHUNK_SIZE, 0, 0, struct.pack(">I", 16_777_215)))] == [SET_CHUNK_SIZE]
+        header = b"\x06" + bytes(3) + (7_000_000).to_bytes(3, "big") + b"\x09" + (1).to_bytes(4, "little")
+        assert r.feed(header + bytes(100)) == []
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.chunk_size == 16_777_215
+    assert peak < 100_000, f"peak {peak} bytes"
+
+
+def test_chunk_stream_count_cap() -> None:
+    w = ChunkWriter()
+    data = b"".join(w.write(csid, AUDIO, 1, 0, b"\xaf\x01") for csid in range(2, 2 + 65))
+    with pytest.raises(ChunkError, match="more than 64 chunk streams on one connection"):
+        reader().feed(data)
+
+
+def test_incomplete_messages_across_chunk_streams_are_capped() -> None:
+    # Each stream sends the first 32 KiB chunk of a 64 KiB message and never the rest: the fifth
+    # would hold more than twice max_message_bytes in partial bodies.
+    r = ChunkReader(max_message_bytes=65536, max_chunk_size=65536)
+    r.feed(ChunkWriter().write(2, SET_CHUNK_SIZE, 0, 0, struct.pack(">I", 32768)))
+    firsts = [ChunkWriter(chunk_size=32768).write(csid, VIDEO, 1, 0, bytes(65536))[: 12 + 32768] for csid in range(3, 8)]
+    for first in firsts[:4]:
+        assert r.feed(first) == []
+    with pytest.raises(ChunkError, match="more than 131072 bytes of incomplete messages buffered"):
+        r.feed(firsts[4])

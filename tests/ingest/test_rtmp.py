@@ -557,3 +557,37 @@ async def test_aggregate_message_is_split_into_tags(server: RTMPServer, authorit
     assert sink.video_configs == [avcc]
     assert [(p.dts_ms, p.keyframe) for p in sink.video] == [(1000, True), (1033, False)]
     client.writer.close()
+
+
+def _partial_first_chunks(count: int) -> bytes:
+    """Set Chunk Size 32768, then the first chunk of a 64 KiB video message on each of ``count`` streams."""
+    data = ChunkWriter().write(2, SET_CHUNK_SIZE, 0, 0, struct.pack(">I", 32768))
+    for csid in range(4, 4 + count):
+        data += ChunkWriter(chunk_size=32768).write(csid, VIDEO, 1, 0, bytes(65536))[: 12 + 32768]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (ChunkWriter().write(3, COMMAND_AMF0, 0, 0, amf0.encode("connect", 1) + b"\x0c\x80\x00\x00\x00"), "AMF0: long string of 2147483648 bytes at byte 24 exceeds the 65536-byte cap"),
+        (ChunkWriter().write(3, COMMAND_AMF0, 0, 0, amf0.encode("connect", 1) + b"\x0a\x80\x00\x00\x00"), "AMF0: strict array of 2147483648 items at byte 19 exceeds the 4096-item cap"),
+        (b"".join(ChunkWriter().write(c, USER_CONTROL, 0, 0, bytes(6)) for c in range(2, 67)), "more than 64 chunk streams on one connection"),
+        (_partial_first_chunks(5), "more than 131072 bytes of incomplete messages buffered"),
+    ],
+    ids=["amf0-string-2^31", "amf0-array-2^31", "chunk-streams", "incomplete-bytes"],
+)
+async def test_each_exceeded_limit_closes_with_one_clear_line(
+    authority: RecordingAuthority, caplog: pytest.LogCaptureFixture, data: bytes, reason: str
+) -> None:
+    srv = RTMPServer(make_config(max_message_bytes=65536), authority)
+    await srv.start()
+    try:
+        client = await RawClient.connect(srv.port)
+        client.writer.write(data)
+        await client.closed_by_server()
+        await until(lambda: srv.connection_count == 0, what="the connection to end")
+    finally:
+        await srv.stop()
+    (line,) = warnings_from(caplog)
+    assert line.startswith("[RTMP] [127.0.0.1:") and line.endswith(f"] closed: {reason}")
