@@ -6,7 +6,7 @@ writer collects what it answers. The real handshake, chunk reader, command handl
 parsing run on a real event loop. ``run()`` turns any unexpected exception into an
 "internal error" log line; the driver re-raises it so the fuzzer sees the crash.
 
-Checks per connection: exactly one "closed" line, no ERROR records, the accepted stream key never
+Checks per connection: S2 echoes C1, exactly one "closed" line, no ERROR records, the accepted stream key never
 logged, our replies parse as a chunk stream, the sink sees config before packets and nothing after
 ``close``, and the reply volume stays proportional to what came in.
 """
@@ -175,6 +175,10 @@ def run_connection(pieces: list[bytes]) -> None:
         if not all(sink.closed for sink in authority.sinks):
             raise AssertionError("a publish was never closed")
     received = sum(len(p) for p in pieces)
+    sent = b"".join(pieces)
+    hs = rtmp.HANDSHAKE_BYTES
+    if len(writer.out) >= 1 + 2 * hs and writer.out[: 1 + 2 * hs][1 + hs :] != sent[1 : 1 + hs]:
+        raise AssertionError("S2 does not echo C1")
     if len(writer.out) > 8192 + 8 * received:
         raise AssertionError(f"answered {len(writer.out)} bytes to {received}")
     if len(writer.out) > 1 + 2 * rtmp.HANDSHAKE_BYTES:
