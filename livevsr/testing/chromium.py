@@ -223,13 +223,23 @@ class Chromium:
         Path(path).write_bytes(base64.b64decode(result["data"]))
 
     async def wait_for(self, expr: str, timeout_s: float = 30.0, interval_s: float = 0.25) -> Any:
-        """Evaluate ``expr`` until it is truthy and return that value; ChromiumError on timeout."""
+        """Evaluate ``expr`` until it is truthy and return that value; ChromiumError on timeout.
+
+        An error while evaluating (the page is navigating, an element is not there yet) counts as
+        "not yet"; the last one is in the timeout message.
+        """
         deadline = time.monotonic() + timeout_s
         last: Any = None
         while True:
-            last = await self.evaluate(expr)
-            if last:
-                return last
+            try:
+                last = await self.evaluate(expr)
+            except ChromiumError as exc:
+                if self._ws is None or self._ws.closed:
+                    raise
+                last = exc
+            else:
+                if last:
+                    return last
             if time.monotonic() >= deadline:
                 console = "\n".join(self.console[-20:])
                 raise ChromiumError(f"waited {timeout_s} s for {expr!r}; last value {last!r}; "

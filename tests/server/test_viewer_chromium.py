@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from livevsr.app import App
@@ -26,16 +27,20 @@ WIDTH, HEIGHT, FPS = 320, 180, 15
 MAX_PUBLISH_S = 60  # the test stops the publisher long before this
 
 
-@pytest.fixture
-async def app() -> AsyncIterator[App]:
-    config = Config(
+def make_config(*names: str) -> Config:
+    return Config(
         rtmp=RTMPConfig(listen="127.0.0.1:0"),
         http=HTTPConfig(listen="127.0.0.1:0"),
         webrtc=WebRTCConfig(ice_host_addresses=["127.0.0.1"]),
         engine=EngineConfig(name="bicubic"),
-        streams=[StreamConfig(name="main", key="k1")],
+        streams=[StreamConfig(name=name, key=f"k{i + 1}") for i, name in enumerate(names)],
     )
-    app = App(config)
+
+
+@pytest.fixture
+async def app(request: pytest.FixtureRequest) -> AsyncIterator[App]:
+    names = getattr(request, "param", ("main",))
+    app = App(make_config(*names))
     await app.start()
     try:
         yield app
@@ -43,28 +48,38 @@ async def app() -> AsyncIterator[App]:
         await app.stop()
 
 
+async def api_streams(app: App) -> dict[str, dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{app.http_port}/api/streams") as resp:
+            body = await resp.json()
+    return {s["name"]: s for s in body["streams"]}
+
+
 VIDEO = "document.getElementById('video-upscaled')"
 SOURCE = "document.getElementById('video-source')"
+MESSAGE = "(m => !m.hidden && m.textContent)(document.getElementById('message'))"
+DECODED = "window.livevsrStats.upscaled.framesDecoded"
 
 
 async def test_viewer_plays_upscaled_stream(app: App) -> None:
     url = f"http://127.0.0.1:{app.http_port}/view/main?probe=1"
-    publisher = BarcodePublisher(f"rtmp://127.0.0.1:{app.rtmp_port}/live/k1", WIDTH, HEIGHT, FPS, MAX_PUBLISH_S)
+    rtmp_url = f"rtmp://127.0.0.1:{app.rtmp_port}/live/k1"
+    publishers = [BarcodePublisher(rtmp_url, WIDTH, HEIGHT, FPS, MAX_PUBLISH_S) for _ in range(2)]
     async with Chromium(url) as browser:
         try:
-            message = await browser.wait_for(
-                "(m => !m.hidden && m.textContent)(document.getElementById('message'))", timeout_s=15)
+            message = await browser.wait_for(MESSAGE, timeout_s=15)
             assert "Waiting for a publisher" in message and "/live" in message
 
-            publisher.start()
+            publishers[0].start()
             await browser.wait_for(f"{VIDEO}.videoWidth > 0", timeout_s=40)
             size = await browser.evaluate(f"[{VIDEO}.videoWidth, {VIDEO}.videoHeight]")
             assert size == [4 * WIDTH, 4 * HEIGHT]
 
-            t0 = await browser.evaluate(f"{VIDEO}.currentTime")
+            t0, n0 = await browser.evaluate(f"[{VIDEO}.currentTime, {DECODED}]")
             await asyncio.sleep(2.0)
-            t1 = await browser.evaluate(f"{VIDEO}.currentTime")
+            t1, n1 = await browser.evaluate(f"[{VIDEO}.currentTime, {DECODED}]")
             assert t1 - t0 > 1.0, f"currentTime went from {t0} to {t1} in 2 s"
+            assert n1 > n0, f"framesDecoded stayed at {n0}"
 
             engine = "document.getElementById('st-engine').textContent"
             await browser.wait_for(f"{engine} === 'bicubic'", timeout_s=5)
@@ -83,10 +98,46 @@ async def test_viewer_plays_upscaled_stream(app: App) -> None:
             await browser.wait_for(f"{SOURCE}.videoWidth > 0", timeout_s=30)
             assert await browser.evaluate(f"[{SOURCE}.videoWidth, {SOURCE}.videoHeight]") == [WIDTH, HEIGHT]
             assert await browser.evaluate("location.search") == "?probe=1&mode=compare"
+
+            # the publisher goes away and comes back: the page says so, then plays again by itself
+            await publishers[0].stop()
+            message = await browser.wait_for(MESSAGE, timeout_s=15)
+            assert "Waiting for a publisher" in message
+            n2 = await browser.evaluate(DECODED)
+            publishers[1].start()
+            await browser.wait_for(f"{DECODED} > {n2} + 10", timeout_s=40)
+            await browser.wait_for("document.getElementById('message').hidden", timeout_s=5)
+
+            # leaving the page DELETEs both WHEP sessions
+            assert (await api_streams(app))["main"]["viewers"] >= 1
+            await browser.evaluate("location.href = 'about:blank'")
+            for _ in range(50):
+                if (await api_streams(app))["main"]["viewers"] == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await api_streams(app))["main"]["viewers"] == 0
         except BaseException:
             print("\n".join(browser.console[-30:]))
             raise
         finally:
-            await publisher.stop()
-    assert publisher.error is None, publisher.error
-    assert publisher.frames > FPS * 3
+            for publisher in publishers:
+                await publisher.stop()
+    for publisher in publishers:
+        assert publisher.error is None, publisher.error
+        assert publisher.frames > 10
+
+
+@pytest.mark.parametrize("app", [("cam1", "cam2")], indirect=True)
+async def test_stream_picker(app: App) -> None:
+    async with Chromium(f"http://127.0.0.1:{app.http_port}/") as browser:
+        options = await browser.wait_for(
+            "(s => s.options.length && [...s.options].map(o => o.value))(document.getElementById('stream-select'))",
+            timeout_s=15)
+        assert options == ["cam1", "cam2"]
+        assert await browser.evaluate("document.getElementById('picker').hidden") is False
+        assert await browser.evaluate("window.livevsrStats.stream") == "cam1"  # the first, with no name given
+        assert "Waiting for a publisher" in await browser.wait_for(MESSAGE, timeout_s=10)
+        await browser.evaluate(
+            "(s => { s.value = 'cam2'; s.dispatchEvent(new Event('change')); })(document.getElementById('stream-select'))")
+        await browser.wait_for("location.pathname === '/view/cam2'", timeout_s=10)
+        await browser.wait_for("window.livevsrStats.stream === 'cam2'", timeout_s=10)
