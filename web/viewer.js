@@ -401,7 +401,7 @@
   }
   stage.addEventListener('pointerdown', (ev) => {
     if (stats.mode !== 'compare') return;
-    stage.setPointerCapture(ev.pointerId);
+    try { stage.setPointerCapture(ev.pointerId); } catch (_) { /* a synthetic pointer */ }
     const move = (e) => {
       const rect = stage.getBoundingClientRect();
       setSplit((100 * (e.clientX - rect.left)) / rect.width);

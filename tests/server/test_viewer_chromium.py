@@ -55,6 +55,20 @@ async def api_streams(app: App) -> dict[str, dict]:
     return {s["name"]: s for s in body["streams"]}
 
 
+async def drag_across_stage(browser: Chromium, from_x: float, to_x: float) -> None:
+    """A real mouse drag (DevTools input events) across the video, at fractions of its width."""
+    left, top, width, height = await browser.evaluate(
+        "(r => [r.left, r.top, r.width, r.height])(document.getElementById('stage').getBoundingClientRect())")
+    y = top + height / 2
+    events = [("mousePressed", from_x), ("mouseMoved", (from_x + to_x) / 2), ("mouseMoved", to_x),
+              ("mouseReleased", to_x)]
+    for kind, fraction in events:
+        await browser.send("Input.dispatchMouseEvent", {
+            "type": kind, "x": left + fraction * width, "y": y, "button": "left",
+            "buttons": 0 if kind == "mouseReleased" else 1, "clickCount": 1,
+        })
+
+
 VIDEO = "document.getElementById('video-upscaled')"
 SOURCE = "document.getElementById('video-source')"
 MESSAGE = "(m => !m.hidden && m.textContent)(document.getElementById('message'))"
@@ -98,6 +112,8 @@ async def test_viewer_plays_upscaled_stream(app: App) -> None:
             await browser.wait_for(f"{SOURCE}.videoWidth > 0", timeout_s=30)
             assert await browser.evaluate(f"[{SOURCE}.videoWidth, {SOURCE}.videoHeight]") == [WIDTH, HEIGHT]
             assert await browser.evaluate("location.search") == "?probe=1&mode=compare"
+            await drag_across_stage(browser, 0.5, 0.25)
+            assert await browser.evaluate("document.getElementById('divider').getAttribute('aria-valuenow')") == "25"
 
             # the publisher goes away and comes back: the page says so, then plays again by itself
             await publishers[0].stop()
