@@ -262,8 +262,6 @@ class PacketWriter:
         self._opened_at = time.monotonic()
         audio = f", audio {track.codec} {track.sample_rate} Hz" if astream is not None and track else ""
         log.info("[%s] %s: started, video %dx%d%s", self.name, self.describe(), width, height, audio)
-        if self._last_error is not None:
-            self._last_error = None
 
     def _write_video(self, item: _Item) -> None:
         assert self._container is not None and self._vstream is not None
@@ -311,6 +309,7 @@ class PacketWriter:
             return
         if self._opened_at and time.monotonic() - self._opened_at >= STABLE_CONNECTION_S:
             self._backoff_s = BACKOFF_START_S
+            self._last_error = None  # it worked for a while: the same cause is news again
         self._opened_at = 0.0
         if reason != self._last_error:  # one line per cause, not one per attempt
             log.warning(
@@ -332,8 +331,13 @@ class PacketWriter:
         except Exception as exc:  # noqa: BLE001 - closing a broken output fails too
             if not quiet:
                 log.warning("[%s] %s: close failed: %s", self.name, self.describe(), exc)
+        finally:
+            self._after_close()
         if reason:
             log.info("[%s] %s: closed (%s)", self.name, self.describe(), reason)
+
+    def _after_close(self) -> None:
+        """Subclasses release what ``_open`` took besides the container (called once per open)."""
 
     def _finish(self) -> None:
         if self._container is not None and self._held_audio:
