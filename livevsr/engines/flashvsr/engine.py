@@ -294,6 +294,11 @@ class FlashVSREngine:
 
     def close(self) -> None:
         if self._session is not None:
+            log.info(
+                "flashvsr: close after %d frames in, %d out",
+                self._session.frames_pushed,
+                self._session.frames_emitted,
+            )
             self._session.reset()
         self._session = None
         self._backend = None  # frees the KV cache

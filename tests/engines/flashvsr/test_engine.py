@@ -20,7 +20,7 @@ CPU = FlashVSRConfig(device="cpu", dtype="float32", attention="auto")
 
 
 def _engine(cfg: FlashVSRConfig = CPU) -> FlashVSREngine:
-    models = random_models(cfg, TINY, proj_hidden=(16, 16), decoder_channels=(8, 8, 8, 8), prompt_tokens=5)
+    models = random_models(cfg, TINY, proj_hidden=(16, 16), decoder_channels=(4, 4, 4, 4), prompt_tokens=5)
     return FlashVSREngine(cfg, weights=models)
 
 
@@ -85,7 +85,7 @@ def test_reopen_at_another_size_and_wrong_frame_sizes() -> None:
 
 
 def test_prompt_and_time_constants_are_computed_once_per_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    models = random_models(CPU, TINY, proj_hidden=(16, 16), decoder_channels=(8, 8, 8, 8), prompt_tokens=5)
+    models = random_models(CPU, TINY, proj_hidden=(16, 16), decoder_channels=(4, 4, 4, 4), prompt_tokens=5)
     calls = []
     original = models.dit.precompute
     monkeypatch.setattr(models.dit, "precompute", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -99,26 +99,31 @@ def test_prompt_and_time_constants_are_computed_once_per_engine(monkeypatch: pyt
 
 def test_engines_share_weights_but_not_stream_state() -> None:
     cfg = dataclasses.replace(CPU, proj_in="v1.1")  # the causal proj-in carries state across clips
-    models = random_models(cfg, TINY, proj_hidden=(16, 16), decoder_channels=(8, 8, 8, 8), prompt_tokens=5)
+    models = random_models(cfg, TINY, proj_hidden=(16, 16), decoder_channels=(4, 4, 4, 4), prompt_tokens=5)
     a, b = FlashVSREngine(cfg, weights=models), FlashVSREngine(cfg, weights=models)
     assert a.models.dit is b.models.dit
     for name in ("proj_in", "decoder"):
         ma, mb = getattr(a.models, name), getattr(b.models, name)
         assert ma is not mb
         assert all(pa is pb for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True))
-    a.open(16, 16, 30.0)
-    b.open(16, 16, 30.0)
-    frames = _frames(24, 16, 16)
-    a.push(frames[:8])  # interleave two streams: each must come out as if it ran alone
-    b.push(frames[:8])
-    out_a = a.push(frames[8:16]) + a.push(frames[16:24]) + a.flush()
-    b.push(frames[8:16])
-    b.push(frames[16:24])
-    out_b = b.flush()
     alone = FlashVSREngine(cfg, weights=models)
-    alone.open(16, 16, 30.0)
-    out_alone = [f for i in range(0, 24, 8) for f in alone.push(frames[i : i + 8])] + alone.flush()
-    assert len(out_a) == len(out_b) == len(out_alone) == 24
+    for e in (a, b, alone):
+        e.open(16, 16, 30.0)
+    frames = _frames(34, 16, 16)
+    chunks = [frames[i : i + 8] for i in range(0, 34, 8)]  # 8, 8, 8, 8, 2
+    out_alone = [f for c in chunks for f in alone.push(c)] + alone.flush()
+    # Interleave two streams step by step (step 0 at the 4th push, step 1 at the 5th): each must
+    # come out exactly as if it ran alone.
+    out_a, out_b = [], []
+    for c in chunks[:4]:
+        out_a += a.push(c)
+    for c in chunks[:4]:
+        out_b += b.push(c)
+    out_a += a.push(chunks[4])
+    out_b += b.push(chunks[4])
+    out_b += b.flush()
+    out_a += a.flush()
+    assert len(out_a) == len(out_b) == len(out_alone) == 34
     for fa, fb, fc in zip(out_a, out_b, out_alone, strict=True):
         assert np.array_equal(fa.to_ndarray(format="rgb24"), fc.to_ndarray(format="rgb24"))
         assert np.array_equal(fb.to_ndarray(format="rgb24"), fc.to_ndarray(format="rgb24"))
