@@ -50,6 +50,45 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
+def _timed(
+    owner: object,
+    attr: str,
+    stages: dict[str, list[float]],
+    device: torch.device,
+    method: str | None = None,
+    label: str | None = None,
+) -> None:
+    """Wrap ``owner.attr`` (or its ``method``) so every call adds its synchronised wall time to stages."""
+    target = getattr(owner, attr)
+    name = method or ("forward_clip" if attr == "proj_in" else "decode" if attr == "decoder" else "__call__")
+    inner = getattr(target, name)
+    times = stages.setdefault(label or attr, [])
+
+    def wrapper(*args: object, **kwargs: object) -> object:
+        _sync(device)
+        t0 = time.perf_counter()
+        out = inner(*args, **kwargs)
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    if name == "__call__":
+        setattr(owner, attr, wrapper)  # the session calls self.dit(...)
+    else:
+        setattr(target, name, wrapper)
+
+
+def _check_finite(session: object, results: list[bool]) -> None:
+    dit = session.dit  # type: ignore[attr-defined]
+
+    def checked(*args: object, **kwargs: object) -> torch.Tensor:
+        out = dit(*args, **kwargs)
+        results.append(bool(torch.isfinite(out).all()))
+        return out
+
+    session.dit = checked  # type: ignore[attr-defined]
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="livevsr bench engine", description=__doc__.split("\n\n")[0])
     p.add_argument("--width", type=int, default=1408, help="output width in pixels (input = width / 4)")
@@ -64,6 +103,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="a small random model instead of the full size")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time DiT, self-attention, proj-in and decoder per steady step (synchronises around each)",
+    )
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -90,6 +134,14 @@ def main(argv: list[str]) -> int:
     engine = FlashVSREngine(cfg, weights=models)
     in_w, in_h = args.width // 4, args.height // 4
     engine.open(in_w, in_h, 30.0)
+    stages: dict[str, list[float]] = {}
+    if args.breakdown:
+        assert engine._session is not None
+        session = engine._session
+        _timed(session, "dit", stages, device)
+        _timed(session, "proj_in", stages, device)
+        _timed(session, "decoder", stages, device)
+        _timed(session, "backend", stages, device, method="attend", label="self_attention")
     chunks = 4 + args.warmup + args.steps  # the first step runs on the 4th push
     frames = _pattern(CHUNK_FRAMES * chunks, in_w, in_h)
 
@@ -98,7 +150,7 @@ def main(argv: list[str]) -> int:
     times_ms: list[float] = []
     mem_gib: list[float] = []
     emitted = []
-    finite = True
+    finite: list[bool] = []  # is the DiT's velocity finite on the last step (random weights may overflow)
     for c in range(chunks):
         _sync(device)
         t0 = time.perf_counter()
@@ -106,10 +158,13 @@ def main(argv: list[str]) -> int:
         _sync(device)
         times_ms.append((time.perf_counter() - t0) * 1e3)
         emitted.append(len(out))
-        if out:
-            finite = finite and bool(np.isfinite(out[-1].to_ndarray(format="rgb24")).all())
+        if c == chunks - 2:
+            _check_finite(engine._session, finite)  # costs one sync, on the last step only
         if device.type == "cuda":
             mem_gib.append(torch.cuda.memory_allocated(device) / GIB)
+        if c == 3 + args.warmup:
+            for v in stages.values():
+                v.clear()  # keep the timed steady steps only
     steady = times_ms[4 + args.warmup :]
     p50 = statistics.median(steady)
     result = {
@@ -135,7 +190,8 @@ def main(argv: list[str]) -> int:
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / GIB, 3) if mem_gib else None,
         "mem_gib_after_first_step": round(mem_gib[3], 3) if mem_gib else None,
         "mem_gib_last": round(mem_gib[-1], 3) if mem_gib else None,
-        "output_finite": finite,
+        "velocity_finite": finite[-1] if finite else None,
+        "stage_ms_per_step": {k: round(sum(v) / max(1, len(steady)), 2) for k, v in stages.items()} or None,
         "torch": torch.__version__,
     }
     print(json.dumps(result))
