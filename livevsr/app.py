@@ -38,6 +38,7 @@ class App:
         self.whep = WhepServer(config.webrtc.max_viewers_per_stream)
         self.whip: WhipServer | None = None
         self.rtmp = None
+        self.pulls: list = []  # PullSource per stream with a pull URL
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.ready = {"http": False, "rtmp": not config.rtmp.enabled}
@@ -81,6 +82,17 @@ class App:
                 self.rtmp_port,
                 self.config.rtmp.app,
             )
+        self._start_pulls(loop)
+
+    def _start_pulls(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Streams with a ``pull`` URL feed themselves from it (reconnecting) instead of waiting."""
+        from livevsr.ingest.pull import PullSource
+
+        for sc in self.config.streams:
+            if sc.pull:
+                source = PullSource(sc.name, sc.key, sc.pull, self.manager, loop)
+                source.start()
+                self.pulls.append(source)
 
     def _add_outputs(self) -> None:
         """Relays and recording: one output per publish session of the streams that ask for them."""
@@ -105,6 +117,8 @@ class App:
             await self.rtmp.stop()
         if self.whip is not None:
             await self.whip.close_all()
+        for pull in self.pulls:
+            await pull.stop()
         if self.manager is not None:
             await self.manager.close()
         await self.whep.close_all()
