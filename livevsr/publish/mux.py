@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 TIME_BASE = fractions.Fraction(1, 90000)  # the encoder's clock; audio is mapped onto it
 QUEUE_ITEMS = 256  # ~4 s of 30 fps video plus its audio; a slower target drops
 AUDIO_HOLD_90K = 10 * 90000  # audio waiting for its video; more than the deepest engine lookahead
+AUDIO_WAIT_S = 1.0  # how long an output waits for the audio configuration before opening without
 UNALIGNED_AUDIO_PACKETS = 500  # audio held before the first video packet tells the clock offset
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -127,6 +128,8 @@ class PacketWriter:
         self._last_video_pts = -1
         self._last_audio_pts = -1
         self._held_audio: collections.deque[_Item] = collections.deque()
+        self._early: list[_Item] = []  # video waiting for the audio configuration
+        self._first_video_at: float | None = None
         self._backoff_s = BACKOFF_START_S
         self._retry_at = 0.0
         self._opened_at = 0.0
@@ -212,6 +215,19 @@ class PacketWriter:
             self._finish()
 
     def _on_video(self, item: _Item) -> None:
+        """Hold the first video briefly until the audio's configuration is known (WHIP's comes after
+        the first frames): an output's tracks are fixed when it opens."""
+        self._early.append(item)
+        if self._audio_track is None:
+            if self._first_video_at is None:
+                self._first_video_at = time.monotonic()
+            if time.monotonic() - self._first_video_at < AUDIO_WAIT_S:
+                return
+        early, self._early = self._early, []
+        for it in early:
+            self._video(it)
+
+    def _video(self, item: _Item) -> None:
         params = parameter_sets(item.data) if item.keyframe else None
         if self._container is None or (params is not None and params != self._params):
             if not item.keyframe or params is None:
@@ -340,6 +356,10 @@ class PacketWriter:
         """Subclasses release what ``_open`` took besides the container (called once per open)."""
 
     def _finish(self) -> None:
+        if self._early and self.failed is None:  # a publish shorter than the audio wait
+            early, self._early = self._early, []
+            for it in early:
+                self._video(it)
         if self._container is not None and self._held_audio:
             try:
                 self._release_audio(self._base_pts + self._last_video_pts)

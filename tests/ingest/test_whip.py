@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import fractions
+from pathlib import Path
 
 import aiohttp
 import av
@@ -10,10 +13,11 @@ import numpy as np
 from aiortc import AudioStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription, VideoStreamTrack
 
 from livevsr.app import App
+from livevsr.config import RecordConfig
 from livevsr.ingest.base import AudioPacket
 from livevsr.testing.publisher import synthetic_frame
 from livevsr.testing.whep_client import WhepClient
-from tests.conftest import wait_for
+from tests.conftest import loopback_config, wait_for
 
 WIDTH, HEIGHT = 64, 48
 
@@ -187,3 +191,34 @@ def test_aac_encoder_turns_20ms_frames_into_1024_sample_aac() -> None:
     assert len(out) >= 15
     assert out[0][1] == 1000 - round(1024 * 1000 / 48000)  # the encoder's priming samples come first
     assert all(b[1] > a[1] for a, b in zip(out, out[1:], strict=False))
+
+
+async def test_whip_audio_reaches_a_recording_in_sync(tmp_path: Path) -> None:
+    """Opus from the publisher is re-encoded to AAC and recorded next to the 4x video."""
+    config = loopback_config(record=RecordConfig(dir=str(tmp_path), format="mkv"))
+    config = dataclasses.replace(config, streams=[dataclasses.replace(config.streams[0], record=True)])
+    app = App(config)
+    await app.start()
+    try:
+        publisher = WhipPublisher(f"http://127.0.0.1:{app.http_port}/whip/main", "k-main")
+        status, _ = await publisher.post()
+        assert status == 201
+        stream = app.manager.streams["main"]
+        await wait_for(lambda: stream.counts["encoded"] >= 45)
+        session = stream.session
+        assert await publisher.close() == 200
+        await session.wait_finished()
+        for _, writer in session.outputs[0].writers:
+            await asyncio.to_thread(writer.join, 10)
+    finally:
+        await app.stop()
+    (path,) = tmp_path.iterdir()
+    video, audio = [], []
+    with av.open(str(path)) as container:
+        for frame in container.decode(*container.streams):
+            (video if isinstance(frame, av.VideoFrame) else audio).append(frame)
+    assert {(f.width, f.height) for f in video} == {(4 * WIDTH, 4 * HEIGHT)}
+    assert len(audio) > 20
+    # Both tracks start together (within a jitter buffer) and cover the same span.
+    assert abs(audio[0].time - video[0].time) < 0.3
+    assert abs(audio[-1].time - video[-1].time) < 0.3
