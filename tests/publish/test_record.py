@@ -202,3 +202,30 @@ async def test_unwritable_directory_stops_only_the_recording(tmp_path: Path) -> 
         sink.close("done")
     finally:
         await app.stop()
+
+
+async def test_rtmp_publish_with_aac_is_recorded_with_its_audio(tmp_path: Path) -> None:
+    """End to end: OBS-like RTMP (libx264 + AAC) in, fragmented MP4 of the 4x stream + the AAC out."""
+    from livevsr.config import RTMPConfig
+    from livevsr.testing.publisher import publish
+
+    config = loopback_config(rtmp=RTMPConfig(listen="127.0.0.1:0"), record=RecordConfig(dir=str(tmp_path)))
+    config = dataclasses.replace(config, streams=[dataclasses.replace(config.streams[0], record=True)])
+    app = App(config)
+    await app.start()
+    try:
+        url = f"rtmp://127.0.0.1:{app.rtmp_port}/live/k-main"
+        sent = await asyncio.to_thread(publish, url, WIDTH, HEIGHT, FPS, 60, audio=True)
+        assert sent == 60
+        stream = app.manager.streams["main"]
+        await wait_for(lambda: stream.session is None)
+    finally:
+        await app.stop()
+    await wait_for(lambda: any(tmp_path.iterdir()))
+    (path,) = tmp_path.iterdir()
+    # The writer thread finishes the file shortly after the session.
+    await wait_for(lambda: len(read_back(path)[0]) >= 50, timeout=10, interval=0.2)
+    sizes, audio_times, times = read_back(path)
+    assert set(sizes) == {(4 * WIDTH, 4 * HEIGHT)} and len(sizes) >= 50
+    assert len(audio_times) >= 60  # ~2 s of 1024-sample frames at 48 kHz
+    assert abs(audio_times[0] - times[0]) < 0.1
