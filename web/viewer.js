@@ -5,12 +5,31 @@
 //   mode=upscaled|compare|side   start in that view
 //   probe=1                      read the timestamp barcode from each frame (glass-to-glass latency)
 //   cell=8                       the barcode's cell size on the source, in pixels (livevsr/telemetry/barcode.py)
+//   token=...                    the viewer token when the server has http.viewer_token set; kept for
+//                                this tab (sessionStorage) and taken out of the address bar
 // Everything the page measures is in window.livevsrStats, for tests and the console.
 'use strict';
 
 (() => {
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
+  const TOKEN_KEY = 'livevsr.viewerToken';
+  let token = params.get('token') || storage('get') || '';
+  if (params.has('token')) {
+    storage('set', token);
+    const url = new URL(location.href);
+    url.searchParams.delete('token');
+    history.replaceState(null, '', url);
+  }
+  const authHeaders = () => (token ? { Authorization: `Bearer ${token}` } : {});
+
+  function storage(op, value) {
+    try {
+      if (op === 'get') return sessionStorage.getItem(TOKEN_KEY);
+      sessionStorage.setItem(TOKEN_KEY, value);
+    } catch (_) { /* storage disabled: the token lives as long as the page */ }
+    return null;
+  }
   const PROBE = params.get('probe') === '1';
   const SOURCE_CELL_PX = Number(params.get('cell')) || 8;
   const POLL_MS = 1000;
@@ -106,7 +125,7 @@
         await iceGatheringDone(pc, 2000);
         if (gen !== this.generation) return;
         const res = await fetch(this.url, {
-          method: 'POST', body: pc.localDescription.sdp, headers: { 'Content-Type': 'application/sdp' },
+          method: 'POST', body: pc.localDescription.sdp, headers: { 'Content-Type': 'application/sdp', ...authHeaders() },
         });
         if (res.status !== 201) {
           let detail = '';
@@ -482,7 +501,45 @@
     }
   }
 
+  // The server wants a viewer token: ask for it once, in the message box (built once, so typing survives polls)
+  function showTokenForm() {
+    const box = $('message');
+    box.hidden = false;
+    if (box.dataset.key === 'token') return;
+    box.dataset.key = 'token';
+    box.dataset.kind = 'info';
+    const form = document.createElement('form');
+    form.id = 'token-form';
+    const h = document.createElement('h3');
+    h.textContent = 'This server needs a viewer token';
+    const p = document.createElement('p');
+    p.textContent = token ? 'The token given was not accepted. Ask the operator for http.viewer_token.'
+      : 'Ask the operator for the viewer token (http.viewer_token in config.yaml).';
+    const input = document.createElement('input');
+    input.type = 'password';
+    input.id = 'token-input';
+    input.autocomplete = 'off';
+    input.placeholder = 'viewer token';
+    const button = document.createElement('button');
+    button.type = 'submit';
+    button.textContent = 'Watch';
+    form.append(h, p, input, document.createTextNode(' '), button);
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      token = input.value.trim();
+      storage('set', token);
+      box.dataset.key = '';
+      for (const player of [upscaled, source]) if (player) player.connect();
+    });
+    box.replaceChildren(form);
+    input.focus();
+  }
+
   function updateMessage(s) {
+    if (!s && stats.unauthorized) {
+      showTokenForm();
+      return;
+    }
     if (!s) {
       if (stats.apiError) {
         showMessage('error', 'Cannot reach the livevsr server', [[[stats.apiError, false]], [['Retrying every second.', false]]]);
@@ -634,7 +691,8 @@
     lastPoll = t;
     let s = null;
     try {
-      const res = await fetch('/api/streams', { cache: 'no-store' });
+      const res = await fetch('/api/streams', { cache: 'no-store', headers: authHeaders() });
+      stats.unauthorized = res.status === 401;
       if (!res.ok) throw new Error(`/api/streams answered ${res.status}`);
       const body = await res.json();
       stats.apiError = null;

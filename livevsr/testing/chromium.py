@@ -41,6 +41,9 @@ FLAGS = (
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
     "--allow-loopback-in-peer-connection",
+    # plain host candidates instead of mDNS .local names: aioice would otherwise resolve them through
+    # one process-wide asyncio.Lock, which breaks when tests run the server in successive event loops
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
     "--mute-audio",
 )
 

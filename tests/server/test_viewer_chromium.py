@@ -9,6 +9,7 @@ the barcode back (glass-to-glass latency) with ``?probe=1``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -157,3 +158,26 @@ async def test_stream_picker(app: App) -> None:
             "(s => { s.value = 'cam2'; s.dispatchEvent(new Event('change')); })(document.getElementById('stream-select'))")
         await browser.wait_for("location.pathname === '/view/cam2'", timeout_s=10)
         await browser.wait_for("window.livevsrStats.stream === 'cam2'", timeout_s=10)
+
+
+async def test_viewer_token() -> None:
+    config = make_config("main")
+    config = dataclasses.replace(config, http=HTTPConfig(listen="127.0.0.1:0", viewer_token="view-secret"))
+    app = App(config)
+    await app.start()
+    engine = "document.getElementById('st-engine').textContent === 'bicubic'"
+    try:
+        # no token: the page asks for one, and works once it is typed in
+        async with Chromium(f"http://127.0.0.1:{app.http_port}/view/main") as browser:
+            assert "needs a viewer token" in await browser.wait_for(MESSAGE, timeout_s=15)
+            await browser.evaluate("document.getElementById('token-input').value = 'view-secret'")
+            await browser.evaluate("document.getElementById('token-form').requestSubmit()")
+            await browser.wait_for(engine, timeout_s=10)
+        # ?token= works too, and leaves the address bar
+        async with Chromium(f"http://127.0.0.1:{app.http_port}/view/main?token=view-secret&probe=1") as browser:
+            await browser.wait_for(engine, timeout_s=10)
+            assert await browser.evaluate("location.search") == "?probe=1"
+            # the WHEP offer carries it as well (an idle stream still takes viewers)
+            await browser.wait_for("window.livevsrStats.upscaled.connection === 'connected'", timeout_s=15)
+    finally:
+        await app.stop()
