@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import av
 
 from livevsr.ingest.base import AudioPacket
-from livevsr.telemetry.timing import FrameTiming
+from livevsr.pipeline.fanout import EncodedFrame
 
 log = logging.getLogger(__name__)
 
@@ -382,14 +382,12 @@ class SessionTap:
         self._offset_90k: int | None = None  # encoder pts - publisher pts, from the first timed packet
         self._unaligned: collections.deque[AudioPacket] = collections.deque(maxlen=UNALIGNED_AUDIO_PACKETS)
 
-    def video(self, rendition: str, encoded: object) -> None:
-        """``encoded``: an ``av.Packet`` (its opaque the FrameTiming) or an object with ``packet``
-        and ``timing`` (the pipeline's ``EncodedFrame``)."""
-        packet: av.Packet = getattr(encoded, "packet", encoded)
-        timing = getattr(encoded, "timing", None) if encoded is not packet else packet.opaque
+    def video(self, rendition: str, frame: EncodedFrame) -> None:
+        packet, timing = frame.packet, frame.timing
         if packet.pts is None:
             return
-        if self._offset_90k is None and isinstance(timing, FrameTiming):
+        if self._offset_90k is None and timing is not None:
+            # Upscaled packets carry their input's timing: this maps publisher time to encoder time.
             self._offset_90k = packet.pts - timing.pts_ms * 90
             while self._unaligned:
                 self.audio(self._unaligned.popleft())
