@@ -136,6 +136,8 @@ class PullSource:
                 sink = self._open_session()
             except IngestError as exc:
                 return f"refused: {exc}"
+            except (TimeoutError, RuntimeError, asyncio.CancelledError) as exc:  # the loop is stopping
+                return f"refused: {type(exc).__name__}"
             self.sessions += 1
             reason = "the source ended"
             try:
@@ -144,6 +146,9 @@ class PullSource:
                 reason = f"read failed: {exc.strerror or type(exc).__name__}"
             except _Stopped:
                 reason = "server stopping"
+            except Exception as exc:  # a bug or an odd source must not end the pulling for good
+                log.exception("[%s] pull %s failed", self.name, self.masked)
+                reason = f"failed: {type(exc).__name__}"
             self._call(sink.close, f"pull: {reason}")
             return reason
         finally:
