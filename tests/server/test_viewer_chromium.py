@@ -84,6 +84,7 @@ async def test_viewer_plays_upscaled_stream(app: App) -> None:
         try:
             message = await browser.wait_for(MESSAGE, timeout_s=15)
             assert "Waiting for a publisher" in message and "/live" in message
+            assert await browser.evaluate("document.getElementById('picker').hidden") is True  # one stream
 
             publishers[0].start()
             await browser.wait_for(f"{VIDEO}.videoWidth > 0", timeout_s=40)
