@@ -89,7 +89,7 @@ def _check_finite(session: object, results: list[bool]) -> None:
     session.dit = checked  # type: ignore[attr-defined]
 
 
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="livevsr bench engine", description=__doc__.split("\n\n")[0])
     p.add_argument("--width", type=int, default=1408, help="output width in pixels (input = width / 4)")
     p.add_argument("--height", type=int, default=768, help="output height in pixels (input = height / 4)")
@@ -108,14 +108,20 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="also time DiT, self-attention, proj-in and decoder per steady step (synchronises around each)",
     )
-    args = p.parse_args(argv)
+    return p
 
+
+def main(argv: list[str]) -> int:
+    result = run(parser().parse_args(argv))
+    print(json.dumps(result))
+    return 2 if "error" in result else 0
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The benchmark itself; returns the result (with an "error" key if it could not run)."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print(
-            json.dumps({"bench": "engine", "error": "no CUDA device; use --device cpu --tiny to smoke-test"})
-        )
-        return 2
+        return {"bench": "engine", "error": "no CUDA device; use --device cpu --tiny to smoke-test"}
     cfg = FlashVSRConfig(
         variant=args.variant,
         proj_in=args.proj_in,
@@ -194,9 +200,8 @@ def main(argv: list[str]) -> int:
         "stage_ms_per_step": {k: round(sum(v) / max(1, len(steady)), 2) for k, v in stages.items()} or None,
         "torch": torch.__version__,
     }
-    print(json.dumps(result))
     engine.close()
-    return 0
+    return result
 
 
 if __name__ == "__main__":
