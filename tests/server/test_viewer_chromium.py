@@ -101,6 +101,7 @@ async def test_viewer_plays_upscaled_stream(app: App) -> None:
             await browser.wait_for(f"{engine} === 'bicubic'", timeout_s=5)
             panel = await browser.evaluate("document.querySelector('.stats').innerText")
             assert "320×180 → 1280×720" in panel
+            await browser.wait_for("!!document.querySelector('#st-latency tr.total')", timeout_s=5)
             assert await browser.evaluate("document.getElementById('message').hidden") is True
 
             probe = await browser.wait_for(
@@ -116,6 +117,13 @@ async def test_viewer_plays_upscaled_stream(app: App) -> None:
             assert await browser.evaluate("location.search") == "?probe=1&mode=compare"
             await drag_across_stage(browser, 0.5, 0.25)
             assert await browser.evaluate("document.getElementById('divider').getAttribute('aria-valuenow')") == "25"
+            # side by side: the original in the left half, the upscaled one in the right half, same size
+            await browser.evaluate("document.querySelector('button[data-mode=side]').click()")
+            rects = await browser.evaluate(
+                "[...document.querySelectorAll('.pane video')].map(v => v.getBoundingClientRect())"
+                ".map(r => [r.left, r.width, r.height])")
+            (up_left, up_width, up_height), (src_left, src_width, src_height) = rects
+            assert src_left < up_left and (src_width, src_height) == (up_width, up_height)
 
             # the publisher goes away and comes back: the page says so, then plays again by itself
             await publishers[0].stop()
