@@ -575,6 +575,13 @@
     setText('state-badge', state);
     setText('stream-name', streamName || '');
     if (!s) return;
+    // a server that lists its renditions and has no "source" cannot show the original
+    const noSource = Array.isArray(s.renditions) && !s.renditions.includes('source');
+    document.querySelectorAll('.modes button:not([data-mode=upscaled])').forEach((b) => {
+      b.disabled = noSource;
+      if (noSource) b.title = 'The original is not encoded on this server (encoder.source_rendition: false)';
+    });
+    if (noSource && stats.mode !== 'upscaled') setMode('upscaled');
     setText('st-state', s.reason ? `${s.state} — ${s.reason}` : s.state);
     setText('st-engine', (s.engine && s.engine.name) || '–');
     setText('st-engine-reason', (s.engine && s.engine.reason) || '–');
