@@ -266,6 +266,8 @@
     return crc16(bytes) === check ? value : null;
   }
 
+  window.livevsrBarcode = { decode: decodeBarcode }; // for tests: the same layout as barcode.py
+
   function percentile(sorted, q) {
     if (!sorted.length) return null;
     return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];

@@ -9,15 +9,19 @@ the barcode back (glass-to-glass latency) with ``?probe=1``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 from collections.abc import AsyncIterator
 
 import aiohttp
+import av
+import numpy as np
 import pytest
 
 from livevsr.app import App
 from livevsr.bench.g2g import BarcodePublisher
 from livevsr.config import Config, EngineConfig, HTTPConfig, RTMPConfig, StreamConfig, WebRTCConfig
+from livevsr.telemetry import barcode
 from livevsr.testing.chromium import Chromium, chromium_path
 
 pytestmark = pytest.mark.skipif(
@@ -190,3 +194,27 @@ async def test_viewer_token() -> None:
             await browser.wait_for("window.livevsrStats.upscaled.connection === 'connected'", timeout_s=15)
     finally:
         await app.stop()
+
+
+async def test_page_reads_barcodes_like_python(app: App) -> None:
+    """viewer.js's barcode reader against livevsr.telemetry.barcode, on burned and 4x-scaled frames."""
+    values = [0, 1, barcode.VALUE_MOD - 1, 0x0123_4567_89AB, barcode.now_us()]
+    rng = np.random.default_rng(0)
+    async with Chromium(f"http://127.0.0.1:{app.http_port}/view/main") as browser:
+        for value in values:
+            rgb = rng.integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
+            barcode.burn(rgb, value)
+            big = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                width=4 * WIDTH, height=4 * HEIGHT, interpolation="BICUBIC").to_ndarray(format="rgb24")
+            for image, cell in ((rgb, 8), (big, 32)):
+                assert await js_decode(browser, image, cell) == value
+        assert await js_decode(browser, rng.integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8), 8) is None
+
+
+async def js_decode(browser: Chromium, rgb: np.ndarray, cell_px: int) -> int | None:
+    band = rgb[: barcode.band_height(rgb.shape[1], cell_px)]
+    rgba = np.concatenate([band, np.full(band.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    data = base64.b64encode(rgba.tobytes()).decode()
+    return await browser.evaluate(
+        f"window.livevsrBarcode.decode(Uint8ClampedArray.from(atob('{data}'), c => c.charCodeAt(0)), "
+        f"{band.shape[1]}, {band.shape[0]}, {cell_px})")
