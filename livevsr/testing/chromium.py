@@ -45,6 +45,7 @@ FLAGS = (
     # one process-wide asyncio.Lock, which breaks when tests run the server in successive event loops
     "--disable-features=WebRtcHideLocalIpsWithMdns",
     "--mute-audio",
+    "--disable-dev-shm-usage",  # containers often have a 64 MB /dev/shm; use /tmp instead
 )
 
 
