@@ -28,7 +28,7 @@ TARGETS = {
     "amf0": 4096,
     "chunk": 16384,
     "flv": 4096,
-    "handshake": 16384,
+    "handshake": 4096,  # C0 C1 C2 and the first commands; rtmp_conn fuzzes what follows
     "rtmp_conn": 16384,
     "sdp": 8192,
 }
