@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import traceback
 
 import atheris
 
@@ -35,8 +34,10 @@ _seen: set[tuple[str, str]] = set()
 
 def _note(exc: Exception) -> None:
     """Print each kind of aiortc refusal once (type and where it was raised)."""
-    frame = traceback.extract_tb(exc.__traceback__)[-1]
-    where = f"{frame.filename.rsplit('/', 2)[-1]}:{frame.lineno}"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
     key = (type(exc).__name__, where)
     if key not in _seen:
         _seen.add(key)
