@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="YAML config file (default: built-in defaults)")
     p.add_argument("--engine", choices=("auto", "bicubic", "flashvsr"), default=None)
 
-    p = sub.add_parser("bench", help="benchmarks (append rows to BENCHMARKS.md)")
+    # add_help=False: "livevsr bench g2g --help" reaches the benchmark's own parser.
+    p = sub.add_parser("bench", help="benchmarks (append rows to BENCHMARKS.md)", add_help=False)
     p.add_argument("which", choices=sorted(BENCHES))
 
     p = sub.add_parser("weights", help="FlashVSR weight files")

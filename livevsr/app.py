@@ -43,6 +43,7 @@ class App:
         self._site: web.TCPSite | None = None
         self.ready = {"http": False, "rtmp": not config.rtmp.enabled}
         self.http_port = 0
+        self.ingest: dict = {}  # what /api/streams tells publishers (never the key)
         self.rtmp_port = 0
 
     async def start(self) -> None:
@@ -59,6 +60,7 @@ class App:
         app = build_app(
             self.manager, self.whep, self.metrics, self.ready, self.whip,
             viewer_token=self.config.http.viewer_token, admin_token=self.config.http.admin_token,
+            ingest=self.ingest,
         )  # fmt: skip
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -75,6 +77,7 @@ class App:
             self.rtmp = RTMPServer(self.config.rtmp, self.manager)
             await self.rtmp.start()
             self.rtmp_port = self.rtmp.port
+            self.ingest.update(rtmp_port=self.rtmp_port, rtmp_app=self.config.rtmp.app)
             self.ready["rtmp"] = True
             log.info(
                 "RTMP: publish to rtmp://%s:%d/%s with a stream key",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 import av
@@ -33,8 +34,12 @@ class EncodeWorker:
         deliver: Callable[[str, list[EncodedFrame]], None],
         on_encoded: Callable[[UpscaledFrame], None],
         on_error: Callable[[str], None],
+        on_drop: Callable[[str, int], None] | None = None,
+        max_queue_ms: int = 0,
     ) -> None:
         self.name = name
+        self._on_drop = on_drop
+        self._max_queue_ns = max_queue_ms * 1_000_000
         self._config = config
         self._frames = frames
         self._fps_hint = fps_hint
@@ -88,6 +93,8 @@ class EncodeWorker:
                 break
             if failures >= MAX_CONSECUTIVE_ENCODER_FAILURES:
                 continue  # gave up: keep draining so the engine worker never blocks on a full queue
+            if self._too_late(item):
+                continue
             try:
                 self._encode(item)
                 failures = 0
@@ -103,6 +110,15 @@ class EncodeWorker:
                 self._deliver(rendition, [EncodedFrame(p) for p in enc.flush()])
             except Exception:
                 log.exception("[%s] %s encoder flush failed", self.name, rendition)
+
+    def _too_late(self, item: UpscaledFrame) -> bool:
+        """An encoder slower than the source drops frames that waited past the budget (live only)."""
+        if not self._max_queue_ns or self._on_drop is None:
+            return False
+        if time.monotonic_ns() - item.timing.marks["engine_out"] <= self._max_queue_ns:
+            return False
+        self._on_drop("late", 1)
+        return True
 
     def _encode(self, item: UpscaledFrame) -> None:
         encoder = self._encoder("upscaled", item.upscaled)

@@ -180,6 +180,7 @@ class Stream:
             "frames": {**self.counts, "dropped": dict(self.dropped)},
             "latency_ms": self.stats.percentiles_ms(),
             "viewers": self.viewer_count,
+            "renditions": list(RENDITIONS) if self.config.encoder.source_rendition else ["upscaled"],
         }  # fmt: skip
 
 
@@ -214,9 +215,10 @@ class PublishSession:
             self.name, self.engine, self.ring, self._upscaled, self.fps_hint, self._fail, stream.drop,
             max_queue_ms=cfg.pipeline.max_queue_ms if cfg.pipeline.ring_policy == "drop" else 0,
         )  # fmt: skip
+        max_queue_ms = cfg.pipeline.max_queue_ms if cfg.pipeline.ring_policy == "drop" else 0
         self.encoder: EncodeWorker | None = EncodeWorker(
             self.name, cfg.encoder, self._upscaled, self.fps_hint, stream.last_pts_90k,
-            self._deliver, self._on_encoded, self._fail,
+            self._deliver, self._on_encoded, self._fail, on_drop=stream.drop, max_queue_ms=max_queue_ms,
         )  # fmt: skip
         self._watch = asyncio.ensure_future(self._watch_threads())
 

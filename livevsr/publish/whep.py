@@ -106,7 +106,9 @@ class WhepServer:
         except Exception as exc:
             subscriber.close()
             await pc.close()
-            raise OfferError(f"cannot answer the offer: {exc}") from exc
+            # The detail is for our log; the client gets a generic reason.
+            log.warning("[%s] WHEP offer could not be answered: %s", stream.name, exc)
+            raise OfferError("cannot answer the offer (unsupported or malformed SDP)") from exc
         self.sessions[session.id] = session
         stream.viewers_changed()
 

@@ -59,7 +59,10 @@ def build_app(
     *,
     viewer_token: str = "",
     admin_token: str = "",
+    ingest: dict | None = None,
 ) -> web.Application:
+    """``ingest``: {"rtmp_port": int, "rtmp_app": str}, filled in once the RTMP server listens."""
+    ingest = ingest if ingest is not None else {}
     app = web.Application(client_max_size=MAX_SDP_BYTES)
 
     async def index(request: web.Request) -> web.StreamResponse:
@@ -170,10 +173,13 @@ def build_app(
     async def api_streams(request: web.Request) -> web.Response:
         if not _bearer_ok(request, viewer_token):
             return _unauthorized()
-        return web.json_response(
-            {"version": __version__, "streams": [s.snapshot() for s in manager.streams.values()]},
-            headers=CORS_HEADERS,
-        )
+        streams = [s.snapshot() for s in manager.streams.values()]
+        if ingest.get("rtmp_port"):
+            # The host the viewer reached us by is the host OBS should use (the key is never shown).
+            rtmp_url = f"rtmp://{request.url.host}:{ingest['rtmp_port']}/{ingest['rtmp_app']}"
+            for s in streams:
+                s["ingest"] = {"rtmp_url": rtmp_url}
+        return web.json_response({"version": __version__, "streams": streams}, headers=CORS_HEADERS)
 
     async def metrics_handler(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)

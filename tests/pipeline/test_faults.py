@@ -105,3 +105,22 @@ async def test_an_overloaded_engine_drops_late_frames_and_stays_live(app: App) -
     assert stream.counts["encoded"] + stream.dropped.get("late", 0) + stream.dropped.get("ring_full", 0) == 90
     # Latency stays near the 500 ms queue budget plus one engine step instead of growing for 3 s.
     assert stream.stats.percentiles_ms()["queue"]["p95"] < 800
+
+
+async def test_a_slow_encoder_drops_late_frames_instead_of_falling_behind(app: App, monkeypatch) -> None:  # noqa: ANN001
+    real = encode_worker.VideoEncoder
+
+    class SlowEncoder(real):
+        def encode(self, frame, pts):  # noqa: ANN001, ANN201
+            time.sleep(0.1)  # 10 fps encoder for a 30 fps source
+            return super().encode(frame, pts)
+
+    monkeypatch.setattr(encode_worker, "VideoEncoder", SlowEncoder)
+    stream = app.manager.streams["main"]
+    sink = app.manager.open_publish("k-main", "test")
+    await feed(sink, h264_packets(64, 48, 90))
+    sink.close("done")
+    await wait_for(lambda: not stream.sessions_running, timeout=30)
+    assert stream.dropped.get("late", 0) > 0
+    assert stream.counts["encoded"] + sum(stream.dropped.values()) == 90
+    assert stream.stats.percentiles_ms()["encode"]["p95"] < 1000  # bounded by the 500 ms budget
