@@ -96,8 +96,20 @@ class _Item:
     track: AudioTrack | None = None
 
 
-class OutputError(Exception):
-    """The output cannot be opened or written."""
+_running: set[PacketWriter] = set()  # writers whose thread has not finished
+_running_lock = threading.Lock()
+
+
+def join_writers(timeout_s: float) -> int:
+    """Wait (blocking) for every writer to finish its output; returns how many did not in time.
+
+    At shutdown, so that recordings get their last fragment and trailer and relays their end."""
+    deadline = time.monotonic() + timeout_s
+    with _running_lock:
+        writers = list(_running)
+    for writer in writers:
+        writer.join(max(0.0, deadline - time.monotonic()))
+    return sum(1 for w in writers if w._thread.is_alive())
 
 
 class PacketWriter:
@@ -135,6 +147,8 @@ class PacketWriter:
         self._opened_at = 0.0
         self._last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"{drop_cause}-{name}", daemon=True)
+        with _running_lock:
+            _running.add(self)
         self._thread.start()
 
     # -- subclass hooks ---------------------------------------------------------------------------
@@ -213,6 +227,8 @@ class PacketWriter:
             log.exception("[%s] %s: writer failed", self.name, self.describe())
         finally:
             self._finish()
+            with _running_lock:
+                _running.discard(self)
 
     def _on_video(self, item: _Item) -> None:
         """Hold the first video briefly until the audio's configuration is known (WHIP's comes after
