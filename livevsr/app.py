@@ -112,6 +112,14 @@ class App:
                 record = self.config.record
                 stream.output_factories.append(lambda session, cfg=record: open_recording(session, cfg))
 
+    async def _finish_outputs(self) -> None:
+        """Let recordings write their last fragment and relays their end before the process exits."""
+        from livevsr.publish.mux import join_writers
+
+        unfinished = await asyncio.to_thread(join_writers, 10.0)
+        if unfinished:
+            log.warning("%d relay/recording outputs did not finish in 10 s", unfinished)
+
     async def stop(self) -> None:
         """Stop taking publishers, drain in-flight frames, tell viewers goodbye, close ports."""
         if self.manager is not None:
@@ -124,6 +132,7 @@ class App:
             await pull.stop()
         if self.manager is not None:
             await self.manager.close()
+            await self._finish_outputs()
         await self.whep.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
