@@ -207,11 +207,14 @@ class PipelineConfig:
 class EncoderConfig:
     codec: str = "auto"  # auto (h264_nvenc where it opens, else libx264) | libx264 | h264_nvenc
     bitrate_bps: int = 12_000_000  # 1440p30 needs 12-20 Mb/s for a clean picture
-    preset: str = "veryfast"  # libx264 preset; nvenc uses p1..p7 mapped from speed
+    preset: str = "auto"  # libx264: auto (the best preset this CPU keeps up with) | ultrafast .. medium
     keyframe_interval_s: float = 2.0  # and a keyframe whenever a viewer joins
     source_rendition: bool = True  # also encode the original (input size) for the viewer's compare mode
 
     def check(self, key: str) -> None:
+        presets = ("auto", "ultrafast", "superfast", "veryfast", "faster", "fast", "medium")
+        if self.preset not in presets:
+            raise ConfigError(f"{key}.preset: expected one of {', '.join(presets)}, got {self.preset!r}")
         if self.codec not in ("auto", "libx264", "h264_nvenc"):
             raise ConfigError(f"{key}.codec: expected auto, libx264 or h264_nvenc, got {self.codec!r}")
         if self.bitrate_bps < 100_000:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fractions
 import logging
+import os
 import threading
 
 import av
@@ -37,6 +38,22 @@ def _nvenc_available() -> bool:
                 log.debug("h264_nvenc unavailable: %s", exc)
                 _nvenc_usable = False
         return _nvenc_usable
+
+
+# libx264 throughput per CPU core at 2560x1440, tune=zerolatency, measured on an AMD EPYC vCPU
+# (BENCHMARKS.md, "libx264 presets"): megapixels per second per core.
+X264_MPIXEL_PER_CORE = {"ultrafast": 64.0, "superfast": 38.0, "veryfast": 22.0, "faster": 13.0}
+X264_HEADROOM = 1.5  # leave room for decode, scaling, the source rendition and the rest of the process
+
+
+def auto_preset(width: int, height: int, fps: float, cores: int | None = None) -> str:
+    """The slowest (best-looking) libx264 preset that still encodes this size in real time."""
+    cores = cores or os.cpu_count() or 1
+    needed = width * height * fps / 1e6 * X264_HEADROOM
+    for preset in ("faster", "veryfast", "superfast"):
+        if X264_MPIXEL_PER_CORE[preset] * cores >= needed:
+            return preset
+    return "ultrafast"
 
 
 def pick_codec(config: EncoderConfig) -> str:
@@ -71,14 +88,25 @@ class VideoEncoder:
         ctx.bit_rate = bitrate_bps or config.bitrate_bps
         ctx.gop_size = keyint
         ctx.max_b_frames = 0
+        self.preset = preset or config.preset
+        if self.codec_name != "libx264":
+            self.preset = "p2"  # NVENC's low-latency preset; the x264 presets do not apply
+        elif self.preset == "auto":
+            self.preset = auto_preset(width, height, fps)
         if self.codec_name == "libx264":
             ctx.options = {
-                "preset": preset or config.preset,
+                "preset": self.preset,
                 "tune": "zerolatency",
                 "x264-params": f"repeat-headers=1:bframes=0:keyint={keyint}:min-keyint={keyint}:scenecut=0",
             }
         else:
-            ctx.options = {"preset": "p2", "tune": "ull", "zerolatency": "1", "bf": "0", "forced-idr": "1"}
+            ctx.options = {
+                "preset": self.preset,
+                "tune": "ull",
+                "zerolatency": "1",
+                "bf": "0",
+                "forced-idr": "1",
+            }
         if stream is not None:
             stream.time_base = VIDEO_TIME_BASE
         else:

@@ -75,7 +75,15 @@ class EncodeWorker:
                 self._config, frame.width, frame.height, self._fps_hint(),
                 bitrate_bps=max(500_000, int(self._config.bitrate_bps * SOURCE_BITRATE_FRACTION)),
             )  # fmt: skip
-        log.info("[%s] %s encoder %s %dx%d", self.name, rendition, enc.codec_name, enc.width, enc.height)
+        log.info(
+            "[%s] %s encoder %s (%s) %dx%d",
+            self.name,
+            rendition,
+            enc.codec_name,
+            enc.preset,
+            enc.width,
+            enc.height,
+        )
         self._encoders[rendition] = enc
         return enc
 

@@ -86,3 +86,12 @@ def test_cli_upscale_of_a_non_video_is_a_clear_error(
     bad.write_text("hello")
     assert main(["upscale", str(bad), str(tmp_path / "o.mp4"), "--engine", "bicubic"]) == 2
     assert "cannot open as video" in capsys.readouterr().err
+
+
+def test_auto_preset_trades_quality_for_speed_by_pixel_rate_and_cores() -> None:
+    from livevsr.pipeline.encode import auto_preset
+
+    assert auto_preset(2560, 1440, 30, cores=2) == "ultrafast"  # 110 Mpx/s on 2 cores
+    assert auto_preset(640, 360, 30, cores=2) == "faster"
+    assert auto_preset(1920, 1080, 30, cores=16) == "faster"
+    assert auto_preset(1920, 1080, 30, cores=4) == "superfast"
