@@ -192,7 +192,7 @@ class PipelineConfig:
     ring_policy: str = "drop"  # drop: live, drop the oldest whole chunk when full | block: lossless (files)
     # drop policy: a chunk that waited longer than this for the engine is dropped as "late", so an
     # overloaded machine stays live (fewer frames) instead of falling ever further behind; 0 = off
-    max_queue_ms: int = 500
+    max_queue_ms: int = 250
 
     def check(self, key: str) -> None:
         if self.max_queue_ms < 0:

@@ -10,14 +10,25 @@ import aioice.ice
 import pytest
 
 from livevsr.app import App
-from livevsr.config import Config, EngineConfig, HTTPConfig, RTMPConfig, StreamConfig, WebRTCConfig
+from livevsr.config import (
+    Config,
+    EngineConfig,
+    HTTPConfig,
+    PipelineConfig,
+    RTMPConfig,
+    StreamConfig,
+    WebRTCConfig,
+)
 
 # aioice never gathers loopback addresses; our tests only have loopback.
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
 def loopback_config(**overrides: object) -> Config:
+    """Ephemeral loopback ports, bicubic, two streams. The latency budget is off so tests that count
+    frames are exact on a loaded machine; tests of the budget turn it on themselves."""
     base = Config(
+        pipeline=PipelineConfig(max_queue_ms=0),
         rtmp=RTMPConfig(listen="127.0.0.1:0"),
         http=HTTPConfig(listen="127.0.0.1:0"),
         webrtc=WebRTCConfig(ice_host_addresses=["127.0.0.1"]),

@@ -36,10 +36,12 @@ class EncodeWorker:
         on_error: Callable[[str], None],
         on_drop: Callable[[str, int], None] | None = None,
         max_queue_ms: int = 0,
+        chunk_frames: int = 1,
     ) -> None:
         self.name = name
         self._on_drop = on_drop
         self._max_queue_ns = max_queue_ms * 1_000_000
+        self._chunk_frames = chunk_frames
         self._config = config
         self._frames = frames
         self._fps_hint = fps_hint
@@ -123,7 +125,9 @@ class EncodeWorker:
         """An encoder slower than the source drops frames that waited past the budget (live only)."""
         if not self._max_queue_ns or self._on_drop is None:
             return False
-        if time.monotonic_ns() - item.timing.marks["engine_out"] <= self._max_queue_ns:
+        # An engine emits a whole chunk at once: its last frame legitimately waits for the others.
+        budget_ns = self._max_queue_ns + self._chunk_frames * 1e9 / self._fps_hint()
+        if time.monotonic_ns() - item.timing.marks["engine_out"] <= budget_ns:
             return False
         self._on_drop("late", 1)
         return True

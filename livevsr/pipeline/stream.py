@@ -219,6 +219,7 @@ class PublishSession:
         self.encoder: EncodeWorker | None = EncodeWorker(
             self.name, cfg.encoder, self._upscaled, self.fps_hint, stream.last_pts_90k,
             self._deliver, self._on_encoded, self._fail, on_drop=stream.drop, max_queue_ms=max_queue_ms,
+            chunk_frames=self.engine.chunk,
         )  # fmt: skip
         self._watch = asyncio.ensure_future(self._watch_threads())
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import av
+import pytest
 
 from livevsr.app import App
+from livevsr.config import PipelineConfig
 from livevsr.engines.bicubic.engine import BicubicEngine
 from livevsr.pipeline import encode_worker
 from livevsr.testing.whep_client import WhepClient
-from tests.conftest import wait_for
+from tests.conftest import loopback_config, wait_for
 from tests.pipeline.test_stream import feed, h264_packets
 
 
@@ -86,6 +89,17 @@ async def test_encoder_failure_restarts_the_encoder(app: App, monkeypatch) -> No
     sink.close("done")
 
 
+@pytest.fixture
+async def budget_app() -> AsyncIterator[App]:
+    """An app with the live latency budget on (250 ms, the default)."""
+    server = App(loopback_config(pipeline=PipelineConfig(max_queue_ms=250)))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 class SlowEngine(BicubicEngine):
     """Takes 100 ms a frame: a machine that cannot keep up with 30 fps."""
 
@@ -94,7 +108,8 @@ class SlowEngine(BicubicEngine):
         return super().push(frames)
 
 
-async def test_an_overloaded_engine_drops_late_frames_and_stays_live(app: App) -> None:
+async def test_an_overloaded_engine_drops_late_frames_and_stays_live(budget_app: App) -> None:
+    app = budget_app
     stream = app.manager.streams["main"]
     stream.engine_factory = SlowEngine
     sink = app.manager.open_publish("k-main", "test")
@@ -103,11 +118,12 @@ async def test_an_overloaded_engine_drops_late_frames_and_stays_live(app: App) -
     sink.close("done")
     await wait_for(lambda: not stream.sessions_running)
     assert stream.counts["encoded"] + stream.dropped.get("late", 0) + stream.dropped.get("ring_full", 0) == 90
-    # Latency stays near the 500 ms queue budget plus one engine step instead of growing for 3 s.
+    # Latency stays near the 250 ms queue budget plus one engine step instead of growing for 3 s.
     assert stream.stats.percentiles_ms()["queue"]["p95"] < 800
 
 
-async def test_a_slow_encoder_drops_late_frames_instead_of_falling_behind(app: App, monkeypatch) -> None:  # noqa: ANN001
+async def test_a_slow_encoder_drops_late_frames_instead_of_falling_behind(budget_app: App, monkeypatch) -> None:  # noqa: ANN001
+    app = budget_app
     real = encode_worker.VideoEncoder
 
     class SlowEncoder(real):
@@ -123,4 +139,4 @@ async def test_a_slow_encoder_drops_late_frames_instead_of_falling_behind(app: A
     await wait_for(lambda: not stream.sessions_running, timeout=30)
     assert stream.dropped.get("late", 0) > 0
     assert stream.counts["encoded"] + sum(stream.dropped.values()) == 90
-    assert stream.stats.percentiles_ms()["encode"]["p95"] < 1000  # bounded by the 500 ms budget
+    assert stream.stats.percentiles_ms()["encode"]["p95"] < 1000  # bounded by the 250 ms budget
