@@ -174,7 +174,7 @@ async def run(minutes: float, size: tuple[int, int], fps: float, policy: str) ->
 
     steady = streams["steady"]["frames"]
     dropped = steady["dropped"]
-    by_policy = {"ring_full"} if policy == "drop" else set()
+    by_policy = {"ring_full", "late"} if policy == "drop" else set()
     unexplained = steady_sent - steady["encoded"] - sum(v for k, v in dropped.items() if k in by_policy)
     after_first_minute = [s for s in samples if s["t_s"] >= 60] or samples
     growth = {
