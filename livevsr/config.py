@@ -98,8 +98,13 @@ class StreamConfig:
     pull: str = ""  # pull the input from this URL (rtmp://, srt://, rtsp://, http(s)://, a file) instead
     relays: list[str] = field(default_factory=list)  # push the upscaled stream to these rtmp(s):// URLs
     record: bool = False  # record the upscaled stream to record.dir, a new file per publish
+    engine: str = ""  # this stream's engine: "" = engine.name | auto | bicubic | flashvsr
 
     def check(self, key: str) -> None:
+        if self.engine not in ("", "auto", "bicubic", "flashvsr"):
+            raise ConfigError(
+                f"{key}.engine: expected auto, bicubic, flashvsr or '' (engine.name), got {self.engine!r}"
+            )
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
             raise ConfigError(f"{key}.name: expected letters, digits, '-' or '_', got {self.name!r}")
         if not self.key:

@@ -58,7 +58,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ),
         (
             "streams:\n  - name: a\n    token: k\n",
-            "streams[0].token: unknown key; allowed here: key, name, pull, record, relays",
+            "streams[0].token: unknown key; allowed here: engine, key, name, pull, record, relays",
         ),
         (
             "streams:\n  - name: a\n    key: k\n    relays: ['http://x/live/secret']\n",
@@ -81,3 +81,10 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> No
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the config file"):
         load_config(tmp_path / "nope.yaml", environ={})
+
+
+def test_a_stream_engine_must_be_known(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("streams:\n  - name: a\n    key: k\n    engine: magic\n")
+    with pytest.raises(ConfigError, match=r"streams\[0\].engine: expected auto, bicubic, flashvsr or ''"):
+        load_config(path, environ={})

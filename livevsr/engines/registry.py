@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from livevsr.config import EngineConfig, FlashVSRConfig
+from livevsr.config import EngineConfig
 from livevsr.engines.base import Engine
 from livevsr.engines.bicubic.engine import BicubicEngine
 from livevsr.errors import EngineError
@@ -56,30 +55,18 @@ def choose_engine(config: EngineConfig) -> EngineChoice:
     return EngineChoice("bicubic", f"auto: fell back to bicubic because {missing}")
 
 
-_models_lock = threading.Lock()
-_models_cache: dict[FlashVSRConfig, object] = {}
-
-
 def preload(choice: EngineChoice, config: EngineConfig) -> None:
     """Load the engine's weights once per process (blocking: call it off the event loop)."""
     if choice.name == "flashvsr":
-        _flashvsr_models(config.flashvsr)
+        from livevsr.engines.flashvsr.engine import shared_models
 
-
-def _flashvsr_models(cfg: FlashVSRConfig) -> object:
-    # The weights are shared by every stream's engine: gigabytes, loaded once.
-    with _models_lock:
-        if cfg not in _models_cache:
-            from livevsr.engines.flashvsr.engine import load_models
-
-            _models_cache[cfg] = load_models(cfg)
-        return _models_cache[cfg]
+        shared_models(config.flashvsr)
 
 
 def create_engine(choice: EngineChoice, config: EngineConfig) -> Engine:
-    """A fresh engine instance for one stream (weights shared across instances)."""
+    """A fresh engine instance for one stream; FlashVSR weights are shared (``shared_models``)."""
     if choice.name == "bicubic":
         return BicubicEngine()
     from livevsr.engines.flashvsr.engine import FlashVSREngine
 
-    return FlashVSREngine(config.flashvsr, weights=_flashvsr_models(config.flashvsr))
+    return FlashVSREngine(config.flashvsr)

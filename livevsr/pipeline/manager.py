@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 
 from livevsr.config import Config
-from livevsr.engines.registry import EngineChoice, create_engine
+from livevsr.engines.registry import EngineChoice, choose_engine, create_engine
 from livevsr.errors import IngestError
 from livevsr.pipeline.stream import PublishSession, Stream
 from livevsr.telemetry.metrics import Metrics
@@ -25,9 +27,13 @@ class StreamManager:
         self.streams: dict[str, Stream] = {}
         self._by_key: dict[str, Stream] = {}
         for sc in config.streams:
-            stream = Stream(
-                config, sc, engine_choice, lambda: create_engine(engine_choice, config.engine), metrics, loop
-            )
+            engine_config, choice = config.engine, engine_choice
+            if sc.engine:  # a per-stream engine overrides engine.name
+                engine_config = dataclasses.replace(config.engine, name=sc.engine)
+                choice = choose_engine(engine_config)
+                choice = EngineChoice(choice.name, f"streams[{sc.name}].engine: {choice.reason}")
+            factory = functools.partial(create_engine, choice, engine_config)
+            stream = Stream(config, sc, choice, factory, metrics, loop)
             self.streams[sc.name] = stream
             self._by_key[sc.key] = stream
         self.accepting = True
@@ -47,9 +53,13 @@ class StreamManager:
         FlashVSR at live rates needs a whole GPU for one stream (see BENCHMARKS.md), so one
         flashvsr stream runs per process; bicubic streams are cheap and always admitted.
         """
-        if self.engine_choice.name != "flashvsr":
+        if stream.engine_choice.name != "flashvsr":
             return
-        busy = [s.name for s in self.streams.values() if s is not stream and s.sessions_running]
+        busy = [
+            s.name
+            for s in self.streams.values()
+            if s is not stream and s.sessions_running and s.engine_choice.name == "flashvsr"
+        ]
         if busy:
             raise IngestError(
                 f"GPU busy: flashvsr is already upscaling stream {busy[0]!r} (one flashvsr stream per GPU)"

@@ -190,3 +190,25 @@ async def test_metrics_and_health(app: App) -> None:
             text = await resp.text()
         assert 'livevsr_frames_total{point="received",stream="main"} 0.0' in text
         assert 'livevsr_viewers{stream="second"} 0.0' in text
+
+
+async def test_a_stream_can_override_the_engine() -> None:
+    import dataclasses
+
+    from livevsr.config import StreamConfig
+    from tests.conftest import loopback_config
+
+    config = dataclasses.replace(
+        loopback_config(),  # engine.name: bicubic
+        streams=[StreamConfig(name="plain", key="k1"), StreamConfig(name="smart", key="k2", engine="auto")],
+    )
+    app = App(config)
+    await app.start()
+    try:
+        streams = await api(app)
+        assert streams["plain"]["engine"]["reason"] == "engine.name is bicubic in the config"
+        # auto on this stream alone; without a GPU it falls back and says so, naming the stream's key.
+        assert streams["smart"]["engine"]["name"] == "bicubic"
+        assert streams["smart"]["engine"]["reason"].startswith("streams[smart].engine: auto: fell back")
+    finally:
+        await app.stop()
