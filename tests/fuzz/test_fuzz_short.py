@@ -11,7 +11,7 @@ import pytest
 from livevsr.fuzz import TARGETS, atheris_missing, run_target
 
 # inputs per target after the corpus replay, sized for ~60 s on one shared core
-RUNS = {"amf0": 10_000, "chunk": 10_000, "flv": 50_000, "handshake": 5_000, "rtmp_conn": 4_000, "sdp": 2_000}
+RUNS = {"amf0": 25_000, "chunk": 20_000, "flv": 150_000, "handshake": 12_000, "rtmp_conn": 10_000, "sdp": 4_000}
 
 pytestmark = pytest.mark.skipif(atheris_missing() is not None, reason=str(atheris_missing()))
 
