@@ -8,7 +8,7 @@ from types import TracebackType
 import aiohttp
 import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 
 class WhepError(Exception):
@@ -21,9 +21,16 @@ class WhepError(Exception):
 class WhepClient:
     """``async with WhepClient(url) as c: frame = await c.recv()``; DELETEs its session on exit."""
 
-    def __init__(self, url: str, token: str | None = None) -> None:
+    def __init__(self, url: str, token: str | None = None, max_buffered_frames: int = 30) -> None:
+        """Decoded frames wait in a buffer of ``max_buffered_frames``; a reader slower than the stream
+        loses the oldest ones (counted in ``dropped``), as a browser would, instead of growing
+        memory without bound (aiortc's own track queue has no limit)."""
         self.url = url
         self.token = token
+        self.max_buffered_frames = max_buffered_frames
+        self.dropped = 0
+        self._frames: asyncio.Queue[av.VideoFrame | None] = asyncio.Queue()
+        self._pump: asyncio.Task | None = None
         self.pc = RTCPeerConnection()
         self.location: str | None = None
         self._track: asyncio.Future[MediaStreamTrack] = asyncio.get_event_loop().create_future()
@@ -49,6 +56,7 @@ class WhepClient:
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "video" and not self._track.done():
                 self._track.set_result(track)
+                self._pump = asyncio.ensure_future(self._pump_frames(track))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self._http = aiohttp.ClientSession()
@@ -62,9 +70,25 @@ class WhepClient:
             self.location = str(resp.url.join(aiohttp.client.URL(resp.headers["Location"])))
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
 
+    async def _pump_frames(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                self._frames.put_nowait(None)
+                return
+            if self._frames.qsize() >= self.max_buffered_frames:
+                self._frames.get_nowait()
+                self.dropped += 1
+            self._frames.put_nowait(frame)
+
     async def recv(self, timeout: float = 10.0) -> av.VideoFrame:
-        track = await asyncio.wait_for(asyncio.shield(self._track), timeout)
-        return await asyncio.wait_for(track.recv(), timeout)
+        await asyncio.wait_for(asyncio.shield(self._track), timeout)
+        frame = await asyncio.wait_for(self._frames.get(), timeout)
+        if frame is None:
+            self._frames.put_nowait(None)  # stays ended for later calls
+            raise MediaStreamError
+        return frame
 
     async def close(self) -> int | None:
         """Ends the session; returns the DELETE status (None if never connected)."""
@@ -75,5 +99,7 @@ class WhepClient:
                     status = resp.status
             await self._http.close()
             self._http = None
+        if self._pump is not None:
+            self._pump.cancel()
         await self.pc.close()
         return status
