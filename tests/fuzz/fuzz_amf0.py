@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the AMF0 decoder: arbitrary command/data message bodies.
 
 Acceptable: values, or ``AMF0Error``. Anything else is a crash. What decodes must survive a round

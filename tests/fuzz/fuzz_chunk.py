@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz RTMP chunk-stream reassembly with the server's limits, fed in arbitrary pieces.
 
 Input: two bytes seeding where the stream is cut (see ``fuzzlib.split_input``), then the

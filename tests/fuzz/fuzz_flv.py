@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the FLV tag-body parsers: video (legacy and Enhanced RTMP), audio, AudioSpecificConfig.
 
 The first byte picks the parser (as RTMP message types 9 and 8 and an AAC sequence header would),

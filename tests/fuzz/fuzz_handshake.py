@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz an RTMP server connection from its first byte: C0/C1/C2, then whatever follows.
 
 Input: two bytes seeding where the stream is cut (``fuzzlib.split_input``), then the bytes a

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz an RTMP server connection after a valid handshake: chunk stream, commands, publish, media.
 
 Input: two bytes seeding where the stream is cut (``fuzzlib.split_input``), then the client's

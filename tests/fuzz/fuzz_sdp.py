@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the WHEP and WHIP offer checks and aiortc's SDP parsing as our handlers reach it.
 
 Input: a selector byte (even: WHEP ``check_offer``, odd: WHIP ``check_offer``), then the offer body

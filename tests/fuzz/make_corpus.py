@@ -17,7 +17,9 @@ of each publish are split into per-target seeds:
   offer, a selector byte first (0 WHEP check, 1 WHIP check).
 
 Plus a few hand-made edge cases (extended timestamps, Set Chunk Size, Abort, aggregates, deep
-AMF0). Generated files are named by content hash; the directory of each target is replaced.
+AMF0). Generated files are named by content hash and replaced on each run; ``regress-*`` (inputs
+that once crashed a target) and ``found-*`` (a minimized set of what long fuzz runs discovered,
+added with ``-merge=1``) are kept.
 """
 
 from __future__ import annotations
@@ -230,7 +232,7 @@ def main() -> int:
     total = 0
     for target, items in seeds.items():
         folder = CORPUS / target
-        kept = {p.name for p in folder.glob("regress-*")} if folder.exists() else set()
+        kept = {p.name for p in folder.iterdir() if p.name.startswith(("regress-", "found-"))} if folder.exists() else set()
         if folder.exists():
             for p in folder.iterdir():
                 if p.name not in kept:

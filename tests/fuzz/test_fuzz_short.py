@@ -10,8 +10,8 @@ import pytest
 
 from livevsr.fuzz import TARGETS, atheris_missing, run_target
 
-# inputs per target after the corpus replay, sized for ~60 s on one shared core
-RUNS = {"amf0": 25_000, "chunk": 20_000, "flv": 150_000, "handshake": 12_000, "rtmp_conn": 10_000, "sdp": 4_000}
+# inputs per target after the corpus replay: about 60 s in all on one core of a shared machine
+RUNS = {"amf0": 40_000, "chunk": 40_000, "flv": 300_000, "handshake": 25_000, "rtmp_conn": 20_000, "sdp": 10_000}
 
 pytestmark = pytest.mark.skipif(atheris_missing() is not None, reason=str(atheris_missing()))
 
