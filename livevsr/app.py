@@ -16,7 +16,7 @@ from livevsr.ingest.whip import WhipServer
 from livevsr.pipeline.manager import StreamManager
 from livevsr.publish.whep import WhepServer
 from livevsr.server.routes import build_app
-from livevsr.telemetry.metrics import Metrics
+from livevsr.telemetry.metrics import LoopLagMonitor, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,12 @@ class App:
         self.ready = {"http": False, "rtmp": not config.rtmp.enabled}
         self.http_port = 0
         self.ingest: dict = {}  # what /api/streams tells publishers (never the key)
+        self.loop_lag = LoopLagMonitor()
+        self._lag_task: asyncio.Future | None = None
         self.rtmp_port = 0
 
     async def start(self) -> None:
+        self._lag_task = asyncio.ensure_future(self.loop_lag.run())
         loop = asyncio.get_running_loop()
         restrict_ice_addresses(self.config.webrtc.ice_host_addresses)
         self.manager = StreamManager(self.config, self.engine_choice, self.metrics, loop)
@@ -63,7 +66,7 @@ class App:
         app = build_app(
             self.manager, self.whep, self.metrics, self.ready, self.whip,
             viewer_token=self.config.http.viewer_token, admin_token=self.config.http.admin_token,
-            ingest=self.ingest,
+            ingest=self.ingest, loop_lag=self.loop_lag,
         )  # fmt: skip
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -124,6 +127,8 @@ class App:
             log.warning("%d relay/recording outputs did not finish in 10 s", unfinished)
 
     async def stop(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
         """Stop taking publishers, drain in-flight frames, tell viewers goodbye, close ports."""
         if self.manager is not None:
             self.manager.accepting = False

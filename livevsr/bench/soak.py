@@ -1,6 +1,7 @@
 """``livevsr bench soak``: hours-of-traffic in minutes, on loopback, with the bicubic engine.
 
-Two RTMP publishers (one steady, one reconnecting every 20 s and changing resolution once), WHEP
+The server runs as its own ``livevsr serve`` process, so its RSS and fds are measured apart from
+the clients. Two RTMP publishers (one steady, one reconnecting every 20 s and changing resolution once), WHEP
 viewers joining and leaving every few seconds (one of them reading slowly), and a client throwing
 garbage at the RTMP port. Reports frames per stream, drops by cause, RSS and open file descriptors
 over time, event-loop lag, and whether the steady stream lost frames other than by policy.
@@ -10,24 +11,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import platform
 import random
+import re
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
-from livevsr.app import App, restrict_ice_addresses
-from livevsr.config import (
-    Config,
-    EngineConfig,
-    HTTPConfig,
-    PipelineConfig,
-    RTMPConfig,
-    StreamConfig,
-    WebRTCConfig,
-)
+import aiohttp
+
+from livevsr.app import restrict_ice_addresses
 from livevsr.testing.publisher import publish
 from livevsr.testing.whep_client import WhepClient
 
@@ -111,43 +111,111 @@ async def _fuzz_client(port: int, until: float, stats: dict) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _sample(app: App, until: float, samples: list, lags: list) -> None:
+class ServerProcess:
+    """``livevsr serve`` in its own process, so its memory and fds are measured apart from the clients."""
+
+    def __init__(self, policy: str, workdir: Path) -> None:
+        config = workdir / "soak.yaml"
+        config.write_text(
+            "rtmp:\n  listen: '127.0.0.1:0'\nhttp:\n  listen: '127.0.0.1:0'\n"
+            "webrtc:\n  ice_host_addresses: ['127.0.0.1']\nengine:\n  name: bicubic\n"
+            f"pipeline:\n  ring_policy: {policy}\n"
+            "streams:\n  - name: steady\n    key: soak-steady\n  - name: churn\n    key: soak-churn\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "livevsr", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.http_port = self.rtmp_port = 0
+        self.log_tail: collections.deque[str] = collections.deque(maxlen=50)
+        deadline = time.monotonic() + 120
+        while not (self.http_port and self.rtmp_port) and time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("livevsr serve exited during start-up:\n" + "".join(self.log_tail))
+            self.log_tail.append(line)
+            if m := re.search(r"HTTP: viewer and API at http://127\.0\.0\.1:(\d+)/", line):
+                self.http_port = int(m.group(1))
+            if m := re.search(r"RTMP: publish to rtmp://[^:]+:(\d+)/", line):
+                self.rtmp_port = int(m.group(1))
+        # Keep reading its log so the pipe never fills and blocks the server.
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.log_tail.append(line)
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (a clean shutdown under load is part of the soak)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+
+async def _get_json(url: str) -> dict:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return await resp.json()
+
+
+async def _sample(server: ServerProcess, base: str, until: float, samples: list) -> None:
     t0 = time.monotonic()
-    next_sample = t0
     while time.monotonic() < until:
-        before = time.monotonic()
-        await asyncio.sleep(0.1)
-        lags.append(max(0.0, time.monotonic() - before - 0.1))
-        if time.monotonic() >= next_sample:
-            counts = {s.name: dict(s.counts) for s in app.manager.streams.values()}
-            samples.append(
-                {
-                    "t_s": round(time.monotonic() - t0, 1),
-                    "rss_mb": round(_rss_mb(), 1),
-                    "fds": _open_fds(),
-                    "encoded": {k: v["encoded"] for k, v in counts.items()},
-                }
-            )
-            next_sample += 10
+        streams = (await _get_json(base + "/api/streams"))["streams"]
+        samples.append(
+            {
+                "t_s": round(time.monotonic() - t0, 1),
+                "rss_mb": round(server.rss_mb(), 1),
+                "fds": server.open_fds(),
+                "encoded": {s["name"]: s["frames"]["encoded"] for s in streams},
+            }
+        )
+        await asyncio.sleep(10)
+
+
+async def _drained(base: str, timeout_s: float = 120) -> dict[str, dict]:
+    """Stream snapshots once no publisher is live and the counters stopped moving."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while True:
+        streams = {s["name"]: s for s in (await _get_json(base + "/api/streams"))["streams"]}
+        counts = {
+            n: s["frames"]["encoded"] + sum(s["frames"]["dropped"].values()) for n, s in streams.items()
+        }
+        idle = all(s["state"] not in ("live", "starting") for s in streams.values())
+        if (idle and counts == last) or time.monotonic() > deadline:
+            return streams
+        last = counts
+        await asyncio.sleep(2)
 
 
 async def run(minutes: float, size: tuple[int, int], fps: float, policy: str) -> dict:
-    config = Config(
-        rtmp=RTMPConfig(listen="127.0.0.1:0"),
-        http=HTTPConfig(listen="127.0.0.1:0"),
-        webrtc=WebRTCConfig(ice_host_addresses=["127.0.0.1"]),
-        engine=EngineConfig(name="bicubic"),
-        pipeline=PipelineConfig(ring_policy=policy),
-        streams=[
-            StreamConfig(name="steady", key="soak-steady"),
-            StreamConfig(name="churn", key="soak-churn"),
-        ],
-    )
-    restrict_ice_addresses(["127.0.0.1"])
-    app = App(config)
-    await app.start()
-    base = f"http://127.0.0.1:{app.http_port}"
-    rtmp = f"rtmp://127.0.0.1:{app.rtmp_port}/live"
+    restrict_ice_addresses(["127.0.0.1"])  # for our WHEP clients; the server gets it from its config
+    with tempfile.TemporaryDirectory() as workdir:
+        server = ServerProcess(policy, Path(workdir))
+        try:
+            return await _run_against(server, minutes, size, fps, policy)
+        finally:
+            if server.proc.poll() is None:
+                server.proc.kill()
+
+
+async def _run_against(
+    server: ServerProcess, minutes: float, size: tuple[int, int], fps: float, policy: str
+) -> dict:
+    base = f"http://127.0.0.1:{server.http_port}"
+    rtmp = f"rtmp://127.0.0.1:{server.rtmp_port}/live"
     seconds = minutes * 60
     until = time.monotonic() + seconds
     notes: list[str] = []
@@ -155,35 +223,26 @@ async def run(minutes: float, size: tuple[int, int], fps: float, policy: str) ->
     slow = {"frames": 0, "errors": []}
     fuzz = {"connections": 0, "refused": 0}
     samples: list[dict] = []
-    lags: list[float] = []
     tasks = [
         asyncio.create_task(_steady_publisher(f"{rtmp}/soak-steady", size, fps, seconds)),
         asyncio.create_task(_churning_publisher(f"{rtmp}/soak-churn", size, fps, until, notes)),
         asyncio.create_task(_viewer_churn(base, ["steady", "churn"], until, viewers)),
         asyncio.create_task(_slow_viewer(base, "steady", until, slow)),
-        asyncio.create_task(_fuzz_client(app.rtmp_port, until, fuzz)),
-        asyncio.create_task(_sample(app, until + 2, samples, lags)),
+        asyncio.create_task(_fuzz_client(server.rtmp_port, until, fuzz)),
+        asyncio.create_task(_sample(server, base, until + 2, samples)),
     ]
     steady_sent, churn_sent = await asyncio.gather(tasks[0], tasks[1])
     await asyncio.gather(*tasks[2:])
-    drain_until = time.monotonic() + 120  # let in-flight frames drain (slow machines queue a lot)
-    while any(s.sessions_running for s in app.manager.streams.values()) and time.monotonic() < drain_until:
-        await asyncio.sleep(0.2)
-    streams = {s.name: s.snapshot() for s in app.manager.streams.values()}
-    await app.stop()
+    lag = (await _get_json(base + "/healthz"))["event_loop_lag_ms"]  # the server's last minute
+    streams = await _drained(base)
+    exit_code = server.stop()
 
     steady = streams["steady"]["frames"]
     dropped = steady["dropped"]
     by_policy = {"ring_full", "late"} if policy == "drop" else set()
     unexplained = steady_sent - steady["encoded"] - sum(v for k, v in dropped.items() if k in by_policy)
-    after_first_minute = [s for s in samples if s["t_s"] >= 60] or samples
-    growth = {
-        key: round(
-            100 * (after_first_minute[-1][key] - after_first_minute[0][key]) / after_first_minute[0][key], 1
-        )
-        for key in ("rss_mb", "fds")
-    }
-    lags.sort()
+    settled = [s for s in samples if s["t_s"] >= 60] or samples
+    growth = {k: round(100 * (settled[-1][k] - settled[0][k]) / settled[0][k], 1) for k in ("rss_mb", "fds")}
     return {
         "bench": "soak",
         "minutes": minutes,
@@ -198,9 +257,9 @@ async def run(minutes: float, size: tuple[int, int], fps: float, policy: str) ->
                     "first_errors": viewers["errors"][:3]},
         "slow_viewer": {"frames": slow["frames"], "errors": slow["errors"][:3]},
         "fuzz": fuzz,
-        "event_loop_lag_ms": {"p50": round(1000 * lags[len(lags) // 2], 1),
-                              "p99": round(1000 * lags[int(len(lags) * 0.99)], 1)} if lags else None,
+        "event_loop_lag_ms": lag,
         "growth_after_first_minute_pct": growth,
+        "server_exit_code_on_sigterm": exit_code,
         "samples": samples,
         "notes": notes,
     }  # fmt: skip
@@ -223,7 +282,8 @@ def _markdown(result: dict, command: str) -> str:
         f"{result['viewers']['errors']} errors; slow viewer {result['slow_viewer']['frames']} frames. "
         f"Fuzz client: {result['fuzz']['connections']} connections. "
         f"Event-loop lag (ms): {result['event_loop_lag_ms']}. "
-        f"Growth after the first minute: {result['growth_after_first_minute_pct']} (%).",
+        f"Growth after the first minute: {result['growth_after_first_minute_pct']} (%). "
+        f"Server exit code on SIGTERM: {result['server_exit_code_on_sigterm']}.",
         "",
         "| t (s) | RSS (MB) | open fds |",
         "|---|---|---|",
@@ -248,8 +308,10 @@ def main(argv: list[str]) -> int:
         command = "livevsr bench soak " + " ".join(argv)
         with Path(args.out).open("a") as f:
             f.write(_markdown(result, command.strip()))
-    ok = result["steady"]["unexplained_loss"] == 0 and all(
-        v <= 5 for v in result["growth_after_first_minute_pct"].values()
+    ok = (
+        result["steady"]["unexplained_loss"] == 0
+        and result["server_exit_code_on_sigterm"] == 0
+        and all(v <= 5 for v in result["growth_after_first_minute_pct"].values())
     )
     return 0 if ok else 1
 

@@ -15,7 +15,7 @@ from livevsr.ingest import whip as whip_ingest
 from livevsr.ingest.whip import WhipServer
 from livevsr.pipeline.manager import StreamManager
 from livevsr.publish.whep import OfferError, WhepServer
-from livevsr.telemetry.metrics import Metrics
+from livevsr.telemetry.metrics import LoopLagMonitor, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def build_app(
     viewer_token: str = "",
     admin_token: str = "",
     ingest: dict | None = None,
+    loop_lag: LoopLagMonitor | None = None,
 ) -> web.Application:
     """``ingest``: {"rtmp_port": int, "rtmp_app": str}, filled in once the RTMP server listens."""
     ingest = ingest if ingest is not None else {}
@@ -186,7 +187,8 @@ def build_app(
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        lag = loop_lag.percentiles_ms() if loop_lag is not None else None
+        return web.json_response({"status": "ok", "event_loop_lag_ms": lag})
 
     async def readyz(request: web.Request) -> web.Response:
         ok = all(ready.values())

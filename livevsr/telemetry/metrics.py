@@ -108,3 +108,29 @@ class RollingStats:
 def _quantile(sorted_values: list[float], q: float) -> float:
     index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[index]
+
+
+class LoopLagMonitor:
+    """How late the event loop wakes up: the delay every viewer and publisher feels."""
+
+    INTERVAL_S = 0.1
+
+    def __init__(self, maxlen: int = 600) -> None:
+        self._lags: deque[float] = deque(maxlen=maxlen)  # last minute at 10 Hz
+
+    async def run(self) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.INTERVAL_S)
+            self._lags.append(max(0.0, loop.time() - before - self.INTERVAL_S))
+
+    def percentiles_ms(self) -> dict[str, float] | None:
+        values = sorted(self._lags)
+        if not values:
+            return None
+        return {f"p{p}": round(1000 * _quantile(values, p / 100), 2) for p in (50, 99)} | {
+            "max": round(1000 * values[-1], 2)
+        }
