@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="benchmarks (append rows to BENCHMARKS.md)", add_help=False)
     p.add_argument("which", choices=sorted(BENCHES))
 
+    sub.add_parser(
+        "fuzz", add_help=False, help="fuzz the RTMP/AMF0/FLV/SDP parsers with atheris (--seconds N)"
+    )
+
     p = sub.add_parser("weights", help="FlashVSR weight files")
     wsub = p.add_subparsers(dest="action", required=True)
     w = wsub.add_parser("check", help="load the official files strictly and report what is wrong")
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--variant", choices=("tiny", "full", "all"), default="all", help="which files to check")
 
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "bench":
+    if rest and args.command not in ("bench", "fuzz"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "serve":
@@ -106,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             return _upscale(args)
         if args.command == "bench":
             return _bench(args, rest)
+        if args.command == "fuzz":
+            from livevsr.fuzz import main as fuzz_main
+
+            return fuzz_main(rest)
         return _weights(args)
     except LiveVSRError as exc:
         print(f"livevsr: error: {exc}", file=sys.stderr)

@@ -396,7 +396,9 @@ class _Connection:
         if name != self.config.app:
             info = {"level": "error", "code": "NetConnection.Connect.Rejected", "description": "Unknown app."}
             self._send_command(0, "_error", txn, None, info)
-            reason = f"connect refused: application {name[:64]!r} is not {self.config.app!r}"
+            # Only the first path segment: OBS users sometimes paste "live/KEY" into the server URL.
+            shown = name.split("/", 1)[0][:64] + ("/****" if "/" in name else "")
+            reason = f"connect refused: application {shown!r} is not {self.config.app!r}"
             raise _Closed(reason, logging.WARNING)
         self.connected = True
         self.app = name

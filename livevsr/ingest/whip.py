@@ -212,7 +212,9 @@ class WhipServer:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             await pc.close()
-            raise OfferError(f"cannot answer the offer: {exc}") from exc
+            # The detail is for our log; the publisher gets a generic reason.
+            log.warning("WHIP offer could not be answered: %r", exc)
+            raise OfferError("cannot answer the offer (unsupported or malformed SDP)") from exc
         if "H264" not in pc.localDescription.sdp.upper():
             await pc.close()
             raise OfferError(

@@ -21,6 +21,7 @@ from livevsr.pipeline.stream import Stream
 
 log = logging.getLogger(__name__)
 
+MAX_MEDIA_SECTIONS = 8
 _RTPMAP = re.compile(r"^a=rtpmap:\d+ ([A-Za-z0-9-]+)/", re.MULTILINE)
 
 
@@ -33,6 +34,10 @@ def check_offer(sdp: str) -> None:
     if not sdp.startswith("v=0"):
         raise OfferError("the body is not an SDP offer (it must start with 'v=0')")
     sections = re.split(r"^(?=m=)", sdp, flags=re.MULTILINE)
+    if len(sections) - 1 > MAX_MEDIA_SECTIONS:
+        # Each m-line costs a transceiver; a viewer needs two (video, audio).
+        count = len(sections) - 1
+        raise OfferError(f"the offer has {count} m-lines; at most {MAX_MEDIA_SECTIONS} are accepted")
     video = [s for s in sections if s.startswith("m=video")]
     if not video:
         raise OfferError("the offer has no video m-line; add a recvonly video transceiver")
