@@ -140,3 +140,21 @@ async def test_a_slow_encoder_drops_late_frames_instead_of_falling_behind(budget
     assert stream.dropped.get("late", 0) > 0
     assert stream.counts["encoded"] + sum(stream.dropped.values()) == 90
     assert stream.stats.percentiles_ms()["encode"]["p95"] < 1000  # bounded by the 250 ms budget
+
+
+async def test_an_ended_session_frees_its_engine_and_encoders_without_waiting_for_gc(app: App) -> None:
+    import gc
+    import weakref
+
+    stream = app.manager.streams["main"]
+    sink = app.manager.open_publish("k-main", "test")
+    engine = weakref.ref(sink.engine)
+    encoder_worker = weakref.ref(sink.encoder)
+    gc.disable()  # the cyclic collector runs rarely in a busy server: do not let it help here
+    try:
+        await feed(sink, h264_packets(64, 48, 20))
+        sink.close("done")
+        await wait_for(lambda: not stream.sessions_running)
+        assert engine() is None and encoder_worker() is None
+    finally:
+        gc.enable()
