@@ -152,7 +152,6 @@ async def serve_forever(config: Config) -> None:
     import signal
 
     app = App(config)
-    await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -163,8 +162,10 @@ async def serve_forever(config: Config) -> None:
         log.info("stopping: no new publishers, draining in-flight frames")
         stop.set()
 
+    # Handlers first: a signal during start-up (ports already logged) must still stop cleanly.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    await app.start()
     await stop.wait()
     try:
         await asyncio.wait_for(app.stop(), timeout=20)

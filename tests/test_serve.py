@@ -26,6 +26,7 @@ def start(tmp_path: Path, extra: str = "") -> tuple[subprocess.Popen, int]:
     )  # fmt: skip
     deadline = time.monotonic() + 60
     lines = []
+    http_port = 0
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -33,7 +34,9 @@ def start(tmp_path: Path, extra: str = "") -> tuple[subprocess.Popen, int]:
         lines.append(line)
         match = re.search(r"HTTP: viewer and API at http://127\.0\.0\.1:(\d+)/", line)
         if match:
-            return proc, int(match.group(1))
+            http_port = int(match.group(1))
+        if "RTMP: publish to" in line and http_port:
+            return proc, http_port
     proc.kill()
     pytest.fail("server did not start:\n" + "".join(lines))
 
