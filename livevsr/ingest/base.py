@@ -51,6 +51,9 @@ class IngestSink(Protocol):
     def close(self, reason: str) -> None:
         """The publisher went away (or was kicked); ``reason`` is one short human-readable phrase."""
 
+    # Optional: ``async def drain(self) -> None`` waits while the pipeline wants the publisher held
+    # back (lossless streams); a source that can pause reading (RTMP over TCP) awaits it.
+
 
 class IngestAuthority(Protocol):
     """Decides who may publish: implemented by the stream manager."""

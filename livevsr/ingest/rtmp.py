@@ -289,6 +289,11 @@ class _Connection:
             self.bytes_in += len(data)
             for message in self.chunks.feed(data):
                 self._on_message(message, recv_ns)
+            drain = getattr(self.sink, "drain", None)
+            if drain is not None:
+                # Lossless (block) streams: stop reading while the pipeline catches up, so TCP slows
+                # the publisher down instead of us dropping frames. Not counted as idle time.
+                await drain()
             if self.bytes_in - self.acked_bytes >= self.peer_window:
                 self.acked_bytes = self.bytes_in
                 self._send_control(ACKNOWLEDGEMENT, _U32.pack(self.bytes_in & 0xFFFFFFFF))

@@ -39,12 +39,15 @@ class DecodeThread:
         ring: FrameRing[DecodedFrame],
         on_drop: Callable[[str, int], None],
         on_decoded: Callable[[DecodedFrame], None],
+        lossless: bool = False,
     ) -> None:
+        """``lossless``: never drop input; the source is held back instead (``PublishSession.drain``),
+        so the backlog stays near its high-water mark plus one network read."""
         self.name = name
         self._ring = ring
         self._on_drop = on_drop
         self._on_decoded = on_decoded
-        self._queue: queue.Queue = queue.Queue(maxsize=BACKLOG_PACKETS)
+        self._queue: queue.Queue = queue.Queue(maxsize=0 if lossless else BACKLOG_PACKETS)
         self._skip_to_keyframe = False
         self._ctx: av.CodecContext | None = None
         # Each frame finds its timing by pts. (PyAV's packet/frame ``opaque`` keys objects by id(),
@@ -66,6 +69,10 @@ class DecodeThread:
             # The decoder fell behind: drop until the next keyframe so the picture stays intact.
             self._skip_to_keyframe = True
             self._on_drop("ingest_backlog", 1)
+
+    def backlog(self) -> int:
+        """Packets waiting to be decoded."""
+        return self._queue.qsize()
 
     def close(self) -> None:
         self._put(_STOP, force=True)

@@ -22,7 +22,7 @@ from livevsr.config import Config, StreamConfig
 from livevsr.engines.base import Engine
 from livevsr.engines.registry import EngineChoice
 from livevsr.ingest.base import AudioPacket, VideoPacket
-from livevsr.pipeline.decode import DecodedFrame, DecodeThread
+from livevsr.pipeline.decode import BACKLOG_PACKETS, DecodedFrame, DecodeThread
 from livevsr.pipeline.encode_worker import EncodeWorker
 from livevsr.pipeline.fanout import Broadcaster, EncodedFrame
 from livevsr.pipeline.ring import FrameRing
@@ -36,6 +36,7 @@ RENDITIONS = ("upscaled", "source")
 ENGINE_QUEUE_FRAMES = 8  # upscaled frames waiting for the encoder; backpressure onto the ring
 PIPELINE_STAGES = ("decode", "queue", "engine", "encode")
 FPS_SAMPLE_PACKETS = 8
+BACKLOG_HIGH_WATER = BACKLOG_PACKETS // 2  # block policy: pause the publisher above this many packets
 
 
 class SessionOutput(Protocol):
@@ -210,7 +211,9 @@ class PublishSession:
                 self.outputs.append(factory(self))
             except Exception:  # one broken output must not stop the stream
                 log.exception("[%s] cannot start an output", self.name)
-        self.decoder = DecodeThread(self.name, self.ring, stream.drop, self._on_decoded)
+        self.decoder = DecodeThread(
+            self.name, self.ring, stream.drop, self._on_decoded, lossless=cfg.pipeline.ring_policy == "block"
+        )
         self.worker = EngineWorker(
             self.name, self.engine, self.ring, self._upscaled, self.fps_hint, self._fail, stream.drop,
             max_queue_ms=cfg.pipeline.max_queue_ms if cfg.pipeline.ring_policy == "drop" else 0,
@@ -268,6 +271,14 @@ class PublishSession:
         if fps > 0:
             self._fps_hint = fps
             self.stream.source_fps = fps
+
+    async def drain(self) -> None:
+        """Block policy: hold the publisher back (its socket unread) while the decoder backlog is high,
+        so nothing is dropped; with the drop policy this returns at once."""
+        if self.stream.config.pipeline.ring_policy != "block":
+            return
+        while not self.closed and self.decoder.backlog() >= BACKLOG_HIGH_WATER:
+            await asyncio.sleep(0.005)
 
     def _learn_fps(self, dts_ms: int) -> None:
         """The source frame rate, from the median gap of the first packets (rate control needs it)."""

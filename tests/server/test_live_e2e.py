@@ -95,3 +95,46 @@ async def test_garbage_on_the_rtmp_port_does_not_disturb_a_live_stream(app: App)
     before = stream.counts["encoded"]
     await wait_for(lambda: stream.counts["encoded"] > before + 10)
     assert await publisher == 90
+
+
+async def test_block_policy_holds_the_publisher_back_instead_of_dropping() -> None:
+    import dataclasses
+    import time
+
+    import av
+
+    from livevsr.config import PipelineConfig
+    from livevsr.engines.bicubic.engine import BicubicEngine
+    from tests.conftest import loopback_config
+
+    class SlowEngine(BicubicEngine):
+        def push(self, frames: list[av.VideoFrame]) -> list[av.VideoFrame]:
+            time.sleep(0.008 * len(frames))  # ~125 fps: far slower than a burst publish
+            return super().push(frames)
+
+    config = dataclasses.replace(loopback_config(), pipeline=PipelineConfig(ring_policy="block", max_queue_ms=0))
+    app = App(config)
+    await app.start()
+    try:
+        stream = app.manager.streams["main"]
+        stream.engine_factory = SlowEngine
+        backlog: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                if stream.session is not None and stream.session.decoder is not None:
+                    backlog.append(stream.session.decoder.backlog())
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        sent = await asyncio.to_thread(publish, rtmp_url(app, "k-main"), 320, 180, 30, 900, realtime=False)
+        await wait_for(lambda: not stream.sessions_running, timeout=90)
+        watcher.cancel()
+        # The socket was left unread while the backlog was high: it stayed near the high-water mark
+        # (150 packets plus one network read); without the pause it passes 300, the drop-mode cap.
+        assert max(backlog) < 300
+        assert sent == 900
+        assert stream.counts["encoded"] == 900  # without backpressure the 300-packet backlog overflows
+        assert not any(stream.dropped.values())
+    finally:
+        await app.stop()
