@@ -17,7 +17,6 @@ import asyncio
 import fractions
 import hmac
 import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,17 +28,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from livevsr.errors import IngestError
 from livevsr.ingest.base import AudioPacket
+from livevsr.sdp import OfferError, offered_video_codecs
 
 log = logging.getLogger(__name__)
 
-_RTPMAP = re.compile(r"^a=rtpmap:\d+ ([A-Za-z0-9-]+)/", re.MULTILINE)
 AAC_SAMPLE_RATE = 48000  # Hz; Opus always decodes at 48 kHz
 AAC_BITRATE_BPS = 128_000
 FPS_PROBE_FRAMES = 31  # frames over which the publisher's frame rate is measured
-
-
-class OfferError(ValueError):
-    """The publisher's SDP offer cannot be answered; the message is safe to return to the client."""
 
 
 class AuthError(Exception):
@@ -83,13 +78,9 @@ class Authority(Protocol):
 
 def check_offer(sdp: str) -> None:
     """A WHIP offer must carry H.264 video (OBS offers exactly one video codec: its encoder's)."""
-    if not sdp.startswith("v=0"):
-        raise OfferError("the body is not an SDP offer (it must start with 'v=0')")
-    sections = re.split(r"^(?=m=)", sdp, flags=re.MULTILINE)
-    video = [s for s in sections if s.startswith("m=video")]
-    if not video:
+    codecs = offered_video_codecs(sdp)
+    if codecs is None:
         raise OfferError("the offer has no video; livevsr upscales video, so publish a video track")
-    codecs = {c.upper() for s in video for c in _RTPMAP.findall(s)} - {"RTX", "RED", "ULPFEC"}
     if "H264" not in codecs:
         offered = ", ".join(sorted(codecs)) or "none"
         raise OfferError(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -18,30 +17,15 @@ from aiortc.mediastreams import MediaStreamError
 
 from livevsr.pipeline.fanout import Subscriber
 from livevsr.pipeline.stream import Stream
+from livevsr.sdp import OfferError, offered_video_codecs
 
 log = logging.getLogger(__name__)
 
-MAX_MEDIA_SECTIONS = 8
-_RTPMAP = re.compile(r"^a=rtpmap:\d+ ([A-Za-z0-9-]+)/", re.MULTILINE)
-
-
-class OfferError(ValueError):
-    """The viewer's SDP offer cannot be answered; the message is safe to return to the client."""
-
-
 def check_offer(sdp: str) -> None:
     """A WHEP offer must have a video m-line that offers H.264."""
-    if not sdp.startswith("v=0"):
-        raise OfferError("the body is not an SDP offer (it must start with 'v=0')")
-    sections = re.split(r"^(?=m=)", sdp, flags=re.MULTILINE)
-    if len(sections) - 1 > MAX_MEDIA_SECTIONS:
-        # Each m-line costs a transceiver; a viewer needs two (video, audio).
-        count = len(sections) - 1
-        raise OfferError(f"the offer has {count} m-lines; at most {MAX_MEDIA_SECTIONS} are accepted")
-    video = [s for s in sections if s.startswith("m=video")]
-    if not video:
+    codecs = offered_video_codecs(sdp)
+    if codecs is None:
         raise OfferError("the offer has no video m-line; add a recvonly video transceiver")
-    codecs = {c.upper() for s in video for c in _RTPMAP.findall(s)}
     if "H264" not in codecs:
         offered = ", ".join(sorted(codecs)) or "none"
         raise OfferError(f"the offer has no H.264 video (offered: {offered}); this server sends H.264 only")

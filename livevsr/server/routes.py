@@ -14,7 +14,8 @@ from livevsr.errors import IngestError
 from livevsr.ingest import whip as whip_ingest
 from livevsr.ingest.whip import WhipServer
 from livevsr.pipeline.manager import StreamManager
-from livevsr.publish.whep import OfferError, WhepServer
+from livevsr.publish.whep import WhepServer
+from livevsr.sdp import OfferError
 from livevsr.telemetry.metrics import LoopLagMonitor, Metrics
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,30 @@ def _bearer_ok(request: web.Request, token: str) -> bool:
     """True if no token is configured, or the request carries it (Bearer header or ?token=)."""
     if not token:
         return True
-    header = request.headers.get("Authorization", "")
-    given = header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
+    given = whip_ingest.bearer_token(request.headers.get("Authorization")) or request.query.get("token", "")
     return hmac.compare_digest(given.encode(), token.encode())
+
+
+async def _read_offer(request: web.Request) -> str | web.Response:
+    """The SDP offer of a WHIP/WHEP POST, or the error response to send instead."""
+    if request.content_type != "application/sdp":
+        return _error(415, "send the SDP offer with Content-Type: application/sdp")
+    try:
+        return await request.text()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "SDP offer too large")
+    except (UnicodeDecodeError, LookupError):  # not UTF-8, or an unknown charset parameter
+        return _error(400, "the SDP offer is not text in its charset (send UTF-8)")
+
+
+def _created(answer: str, location: str) -> web.Response:
+    """201 with the SDP answer and the session resource, as WHIP and WHEP both require."""
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type="application/sdp",
+        headers={**CORS_HEADERS, "Location": location},
+    )
 
 
 def _unauthorized() -> web.Response:
@@ -86,25 +108,16 @@ def build_app(
         if stream is None:
             return _error(404, "no such stream")
         rendition = "source" if request.path.endswith("/source") else "upscaled"
-        if request.content_type != "application/sdp":
-            return _error(415, "send the SDP offer with Content-Type: application/sdp")
-        try:
-            offer = await request.text()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, "SDP offer too large")
-        except (UnicodeDecodeError, LookupError):  # not UTF-8, or an unknown charset parameter
-            return _error(400, "the SDP offer is not text in its charset (send UTF-8)")
+        offer = await _read_offer(request)
+        if isinstance(offer, web.Response):
+            return offer
         try:
             session, answer = await whep.create(stream, rendition, offer)
         except OfferError as exc:
             return _error(400, str(exc))
         except OverflowError as exc:
             return _error(503, str(exc))
-        location = f"/whep/{stream.name}/session/{session.id}"
-        return web.Response(
-            status=201, text=answer, content_type="application/sdp",
-            headers={**CORS_HEADERS, "Location": location},
-        )  # fmt: skip
+        return _created(answer, f"/whep/{stream.name}/session/{session.id}")
 
     async def whep_delete(request: web.Request) -> web.Response:
         if await whep.close(request.match_info["session"], "viewer sent DELETE"):
@@ -118,14 +131,9 @@ def build_app(
     async def whip_post(request: web.Request) -> web.Response:
         assert whip is not None
         token = whip_ingest.bearer_token(request.headers.get("Authorization"))
-        if request.content_type != "application/sdp":
-            return _error(415, "send the SDP offer with Content-Type: application/sdp")
-        try:
-            offer = await request.text()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, "SDP offer too large")
-        except (UnicodeDecodeError, LookupError):  # not UTF-8, or an unknown charset parameter
-            return _error(400, "the SDP offer is not text in its charset (send UTF-8)")
+        offer = await _read_offer(request)
+        if isinstance(offer, web.Response):
+            return offer
         try:
             session, answer = await whip.create(
                 request.match_info.get("name"), token, offer, request.remote or "unknown"
@@ -138,15 +146,11 @@ def build_app(
             )  # fmt: skip
         except whip_ingest.NoSuchStream:
             return _error(404, "no such stream")
-        except whip_ingest.OfferError as exc:
+        except OfferError as exc:
             return _error(400, str(exc))
         except IngestError as exc:
             return _error(503, str(exc))
-        location = f"/whip/{session.stream_name}/session/{session.id}"
-        return web.Response(
-            status=201, text=answer, content_type="application/sdp",
-            headers={**CORS_HEADERS, "Location": location},
-        )  # fmt: skip
+        return _created(answer, f"/whip/{session.stream_name}/session/{session.id}")
 
     async def whip_delete(request: web.Request) -> web.Response:
         assert whip is not None

@@ -215,7 +215,8 @@ async def test_a_stream_can_override_the_engine() -> None:
 
 
 def test_an_offer_with_too_many_m_lines_is_refused_before_aiortc_sees_it() -> None:
-    from livevsr.publish.whep import MAX_MEDIA_SECTIONS, OfferError, check_offer
+    from livevsr.publish.whep import check_offer
+    from livevsr.sdp import MAX_MEDIA_SECTIONS, OfferError
 
     section = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n"
     check_offer("v=0\r\n" + section * MAX_MEDIA_SECTIONS)
