@@ -70,8 +70,8 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
-class SelfAttention(nn.Module):
-    """q/k RMSNorm + RoPE, then the streaming block-sparse attention of the backend."""
+class _Attention(nn.Module):
+    """q, k, v, o projections with q/k RMSNorm, named as the checkpoint keys (``blocks.N.*_attn.q`` ...)."""
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
@@ -82,6 +82,10 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(cfg.dim, cfg.dim)
         self.norm_q = RMSNorm(cfg.dim, cfg.eps)
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
+
+
+class SelfAttention(_Attention):
+    """q/k RMSNorm + RoPE, then the streaming block-sparse attention of the backend."""
 
     def forward(
         self,
@@ -100,18 +104,8 @@ class SelfAttention(nn.Module):
         return self.o(out.flatten(1))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Attention):
     """Dense attention to the fixed prompt; its K/V are computed once (:meth:`context_kv`)."""
-
-    def __init__(self, cfg: DiTConfig) -> None:
-        super().__init__()
-        self.num_heads = cfg.num_heads
-        self.q = nn.Linear(cfg.dim, cfg.dim)
-        self.k = nn.Linear(cfg.dim, cfg.dim)
-        self.v = nn.Linear(cfg.dim, cfg.dim)
-        self.o = nn.Linear(cfg.dim, cfg.dim)
-        self.norm_q = RMSNorm(cfg.dim, cfg.eps)
-        self.norm_k = RMSNorm(cfg.dim, cfg.eps)
 
     def context_kv(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ctx: [S_ctx, dim] embedded prompt -> K, V each [heads, S_ctx, head_dim]."""
