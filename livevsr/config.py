@@ -99,8 +99,16 @@ class StreamConfig:
     relays: list[str] = field(default_factory=list)  # push the upscaled stream to these rtmp(s):// URLs
     record: bool = False  # record the upscaled stream to record.dir, a new file per publish
     engine: str = ""  # this stream's engine: "" = engine.name | auto | bicubic | flashvsr
+    # Height of the upscaled picture sent out; the width follows the input's aspect ratio (even).
+    # 0 = the engine's native 4x (a 480x270 input gives 1920x1080).
+    output_height: int = 0
 
     def check(self, key: str) -> None:
+        if self.output_height and not (64 <= self.output_height <= 4320 and self.output_height % 2 == 0):
+            raise ConfigError(
+                f"{key}.output_height: expected 0 (native 4x) or an even height 64..4320, "
+                f"got {self.output_height!r}"
+            )
         if self.engine not in ("", "auto", "bicubic", "flashvsr"):
             raise ConfigError(
                 f"{key}.engine: expected auto, bicubic, flashvsr or '' (engine.name), got {self.engine!r}"
@@ -198,8 +206,16 @@ class PipelineConfig:
     # drop policy: a chunk that waited longer than this for the engine is dropped as "late", so an
     # overloaded machine stays live (fewer frames) instead of falling ever further behind; 0 = off
     max_queue_ms: int = 250
+    # Admission: a new publish is refused while the measured engine load of its device (GPU, or
+    # the CPU for bicubic without one) is above this fraction of the device's time; 0 = off
+    max_engine_load: float = 0.85
 
     def check(self, key: str) -> None:
+        if not 0 <= self.max_engine_load <= 1:
+            raise ConfigError(
+                f"{key}.max_engine_load: expected a fraction 0..1 (0 turns it off), "
+                f"got {self.max_engine_load!r}"
+            )
         if self.max_queue_ms < 0:
             raise ConfigError(f"{key}.max_queue_ms: must be >= 0 (0 turns it off), got {self.max_queue_ms!r}")
         if self.ring_capacity_frames < 1:

@@ -58,11 +58,19 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ),
         (
             "streams:\n  - name: a\n    token: k\n",
-            "streams[0].token: unknown key; allowed here: engine, key, name, pull, record, relays",
+            "streams[0].token: unknown key; allowed here: engine, key, name, output_height, pull, record, relays",
         ),
         (
             "streams:\n  - name: a\n    key: k\n    relays: ['http://x/live/secret']\n",
             "streams[0].relays[0]: expected an rtmp:// or rtmps:// URL, got 'http://x/live/****'",
+        ),
+        (
+            "streams:\n  - name: a\n    key: k\n    output_height: 1081\n",
+            "streams[0].output_height: expected 0 (native 4x) or an even height 64..4320, got 1081",
+        ),
+        (
+            "pipeline:\n  max_engine_load: 1.5\n",
+            "pipeline.max_engine_load: expected a fraction 0..1 (0 turns it off), got 1.5",
         ),
         ("record:\n  format: avi\n", "record.format: expected 'fmp4' or 'mkv', got 'avi'"),
         ("encoder:\n  bitrate_bps: 10\n", "encoder.bitrate_bps: must be >= 100000, got 10"),
