@@ -8,6 +8,7 @@ RoPE'd. See ../shared/design/flashvsr_spec.md section 3.
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ def block_sparse_attention_reference(
     return out
 
 
-class _CachingBackend:
+class _CachingBackend(abc.ABC):
     """KV-cache bookkeeping shared by the torch backends; subclasses supply ``_attention``."""
 
     def __init__(self) -> None:
@@ -189,10 +190,11 @@ class _CachingBackend:
         self._v[layer] = v[v.shape[0] - keep :]
         return out
 
+    @abc.abstractmethod
     def _attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        raise NotImplementedError
+        """Block-sparse attention of q to k, v under ``mask`` [H, Lq/128, Lk/128]."""
 
 
 class ReferenceBackend(_CachingBackend):

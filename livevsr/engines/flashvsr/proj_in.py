@@ -20,6 +20,8 @@ frames 4j+1..4j+4 for latent j (spec section 1.5).
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,8 +77,11 @@ class ReplicateCausalConv3d(nn.Conv3d):
         return super().forward(x)
 
 
-class LQ4xProj(nn.Module):
-    """Layers shared by both variants; attribute names are the checkpoint keys."""
+class LQ4xProj(nn.Module, abc.ABC):
+    """Layers shared by both variants; attribute names are the checkpoint keys.
+
+    Abstract: the variants supply ``warmup`` and ``forward_clip``.
+    """
 
     def __init__(
         self, in_dim: int = 3, out_dim: int = 1536, hidden_dims: tuple[int, int] = (2048, 3072)
@@ -119,13 +124,13 @@ class LQ4xProj(nn.Module):
         x = F.silu(self.norm2(x))
         return self.linear_layers[0](x.flatten(2).transpose(1, 2))
 
+    @abc.abstractmethod
     def warmup(self, first_frame: torch.Tensor) -> None:
         """Take the stream's first LR frame [B, 3, 1, H, W] (it conditions no latent of its own)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def forward_clip(self, clip: torch.Tensor) -> torch.Tensor:
         """LR frames 4j+1..4j+4 [B, 3, 4, H, W] -> latent j's tokens [B, (H/16)(W/16), out_dim]."""
-        raise NotImplementedError
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         return self.forward_clip(clip)
