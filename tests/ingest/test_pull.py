@@ -14,11 +14,11 @@ import pytest
 from aiohttp import web
 
 from livevsr.app import App
-from livevsr.ingest.base import AudioPacket
 from livevsr.ingest.pull import adts_to_raw
 from livevsr.testing.publisher import synthetic_frame
 from livevsr.testing.whep_client import WhepClient
 from tests.conftest import loopback_config, wait_for
+from tests.helpers.taps import AudioTap
 
 WIDTH, HEIGHT, FPS = 32, 24, 30
 
@@ -47,26 +47,6 @@ def write_clip(
                 af.sample_rate, af.pts = 48000, i * 1024
                 out.mux(as_.encode(af))
             out.mux(as_.encode(None))
-
-
-class AudioTap:
-    """Our own seam: what audio reached the sessions."""
-
-    def __init__(self) -> None:
-        self.configs: list[tuple[str, int, int]] = []
-        self.packets: list[AudioPacket] = []
-
-    def video(self, rendition: str, packet: object) -> None:
-        pass
-
-    def audio_config(self, codec: str, extradata: bytes | None, sample_rate: int, channels: int) -> None:
-        self.configs.append((codec, sample_rate, channels))
-
-    def audio(self, packet: AudioPacket) -> None:
-        self.packets.append(packet)
-
-    def close(self) -> None:
-        pass
 
 
 async def pulling_app(url: str) -> tuple[App, AudioTap]:

@@ -17,22 +17,7 @@ import pytest
 import torch
 
 from livevsr.engines.flashvsr.attention import BlockGeometry, draft_block_mask, topk_budget
-
-
-def _cuda_cupy_available() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
-requires_gpu = pytest.mark.skipif(
-    not _cuda_cupy_available(), reason="needs a CUDA GPU and cupy (cupy-cuda13x) for the cupy kernels"
-)
+from tests.helpers.gpu import requires_gpu
 
 # (blocks_h, blocks_w, local_range, n_q, n_k, topk or None for the official budget at that size)
 SMALL = [

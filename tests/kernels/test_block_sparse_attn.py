@@ -25,22 +25,7 @@ from livevsr.engines.flashvsr.attention import (
     local_block_mask,
     topk_budget,
 )
-
-
-def _cuda_cupy_available() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
-requires_gpu = pytest.mark.skipif(
-    not _cuda_cupy_available(), reason="needs a CUDA GPU and cupy (cupy-cuda13x) for the cupy kernels"
-)
+from tests.helpers.gpu import requires_gpu
 
 
 def _seed(*key: object) -> torch.Generator:

@@ -13,10 +13,10 @@ import pytest
 
 from livevsr.app import App
 from livevsr.config import EncoderConfig, RTMPConfig
-from livevsr.ingest.base import AudioPacket
 from livevsr.publish.mux import BACKOFF_START_S
 from livevsr.testing.whep_client import WhepClient
 from tests.conftest import loopback_config, wait_for
+from tests.helpers.taps import AudioTap
 from tests.publish.test_record import HEIGHT, WIDTH, aac_frames, feed, h264_access_units
 
 
@@ -24,26 +24,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class AudioTap:
-    """Our own seam: what audio reached a session."""
-
-    def __init__(self) -> None:
-        self.configs: list[tuple[str, int, int]] = []
-        self.packets: list[AudioPacket] = []
-
-    def video(self, rendition: str, packet: object) -> None:
-        pass
-
-    def audio_config(self, codec: str, extradata: bytes | None, sample_rate: int, channels: int) -> None:
-        self.configs.append((codec, sample_rate, channels))
-
-    def audio(self, packet: AudioPacket) -> None:
-        self.packets.append(packet)
-
-    def close(self) -> None:
-        pass
 
 
 async def relay_app(relay_url: str, rtmp_port: int = 0) -> App:
