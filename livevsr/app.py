@@ -104,9 +104,11 @@ class App:
                 self.pulls.append(source)
 
     def _add_outputs(self) -> None:
-        """Relays and recording: one output per publish session of the streams that ask for them."""
+        """One output per publish session: WHEP audio for every stream, relays and recording for the
+        streams that ask for them."""
         from livevsr.publish.record import open_recording
         from livevsr.publish.rtmp_relay import open_relays
+        from livevsr.publish.whep_audio import WhepAudioTap
 
         assert self.manager is not None
         for sc in self.config.streams:
@@ -117,6 +119,7 @@ class App:
             if sc.record:
                 record = self.config.record
                 stream.output_factories.append(lambda session, cfg=record: open_recording(session, cfg))
+            stream.output_factories.append(lambda session, s=stream: WhepAudioTap(s.name, s.audio))
 
     async def _finish_outputs(self) -> None:
         """Let recordings write their last fragment and relays their end before the process exits."""

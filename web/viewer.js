@@ -39,7 +39,7 @@
   const playerStats = () => ({
     connection: 'new', videoWidth: 0, videoHeight: 0, currentTime: 0,
     framesDecoded: 0, framesDropped: 0, freezeCount: 0, fps: 0, bitrate_bps: 0,
-    jitterBuffer_ms: null, retries: 0, lastError: null,
+    jitterBuffer_ms: null, retries: 0, lastError: null, audioSamples: null, muted: true,
   });
   const stats = {
     stream: null, state: 'unknown', reason: '', engine: null, version: null,
@@ -62,8 +62,10 @@
   }
 
   class WhepPlayer {
-    constructor(url, video, st) {
+    // audio: also ask for the stream's Opus audio (the upscaled player; the original stays silent)
+    constructor(url, video, st, audio = false) {
       this.url = url;
+      this.audio = audio;
       this.video = video;
       this.st = st;
       this.pc = null;
@@ -102,11 +104,14 @@
       this.st.connection = 'connecting';
       try {
         pc.addTransceiver('video', { direction: 'recvonly' });
+        if (this.audio) pc.addTransceiver('audio', { direction: 'recvonly' });
+        // Audio and video share one MediaStream, so the browser lip-syncs them (RTCP sender reports).
+        const media = new MediaStream();
         pc.ontrack = (ev) => {
-          if (ev.track.kind !== 'video') return;
           // keep playout buffering minimal: this is a live monitor, not a film
           try { ev.receiver.jitterBufferTarget = 0; } catch (_) { /* not in every browser */ }
-          this.video.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+          media.addTrack(ev.track);
+          if (this.video.srcObject !== media) this.video.srcObject = media;
           this.video.play().catch(() => {});
         };
         pc.onconnectionstatechange = () => {
@@ -176,7 +181,9 @@
       if (!this.pc) return;
       let report;
       try { report = await this.pc.getStats(); } catch (_) { return; }
+      st.muted = v.muted;
       report.forEach((r) => {
+        if (r.type === 'inbound-rtp' && r.kind === 'audio') st.audioSamples = r.totalSamplesReceived || 0;
         if (r.type !== 'inbound-rtp' || r.kind !== 'video') return;
         const frames = r.framesDecoded || 0;
         st.fps = dtS > 0 ? Math.max(0, (frames - st.framesDecoded) / dtS) : 0;
@@ -377,7 +384,7 @@
   function ensurePlayers() {
     if (!streamName) return;
     if (!upscaled) {
-      upscaled = new WhepPlayer(whepUrl(streamName), videoUp, stats.upscaled);
+      upscaled = new WhepPlayer(whepUrl(streamName), videoUp, stats.upscaled, true);
       upscaled.start();
     }
     const wantSource = stats.mode !== 'upscaled';
@@ -448,6 +455,14 @@
   document.querySelectorAll('.modes button').forEach((b) => {
     b.addEventListener('click', () => setMode(b.dataset.mode));
   });
+  // Browsers only autoplay muted video: sound is one click (or "m") away.
+  const soundButton = $('sound');
+  soundButton.addEventListener('click', () => {
+    videoUp.muted = !videoUp.muted;
+    if (!videoUp.muted) videoUp.play().catch(() => {});
+    soundButton.setAttribute('aria-pressed', String(!videoUp.muted));
+    soundButton.textContent = videoUp.muted ? 'Sound off' : 'Sound on';
+  });
   $('fullscreen').addEventListener('click', () => {
     if (document.fullscreenElement) document.exitFullscreen(); else stage.requestFullscreen().catch(() => {});
   });
@@ -456,6 +471,7 @@
     const modes = { 1: 'upscaled', 2: 'compare', 3: 'side' };
     if (modes[ev.key]) setMode(modes[ev.key]);
     else if (ev.key === 'f') $('fullscreen').click();
+    else if (ev.key === 'm') soundButton.click();
   });
   $('stream-select').addEventListener('change', (ev) => {
     const url = new URL(`/view/${encodeURIComponent(ev.target.value)}`, location.origin);

@@ -1,4 +1,4 @@
-"""Fan one rendition's encoded packets out to every viewer, on the event loop.
+"""Fan one rendition's encoded packets (or a stream's Opus audio) out to every viewer, on the event loop.
 
 Each subscriber has a small queue. A slow subscriber never slows the others: when its queue is
 full it is cleared and the subscriber skips ahead to the next keyframe (and asks for one).
@@ -15,6 +15,7 @@ import av
 from livevsr.telemetry.timing import FrameTiming
 
 SUBSCRIBER_QUEUE_PACKETS = 8  # ~0.25 s at 30 fps; more would only add latency
+AUDIO_QUEUE_PACKETS = 64  # ~1.3 s of 20 ms Opus: audio is released in bursts, one per engine chunk
 
 
 @dataclass(slots=True)
@@ -30,9 +31,9 @@ class EncodedFrame:
 
 
 class Subscriber:
-    def __init__(self, broadcaster: Broadcaster) -> None:
+    def __init__(self, broadcaster: Broadcaster, queue_packets: int) -> None:
         self._broadcaster = broadcaster
-        self.queue: asyncio.Queue[EncodedFrame | None] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE_PACKETS)
+        self.queue: asyncio.Queue[EncodedFrame | None] = asyncio.Queue(maxsize=queue_packets)
         self.waiting_for_keyframe = True  # a decoder can only start at an IDR
         self.skipped = 0
 
@@ -67,8 +68,11 @@ class Subscriber:
 class Broadcaster:
     """One rendition of one stream. ``publish`` must be called on the event loop."""
 
-    def __init__(self, request_keyframe: Callable[[], None]) -> None:
+    def __init__(
+        self, request_keyframe: Callable[[], None], queue_packets: int = SUBSCRIBER_QUEUE_PACKETS
+    ) -> None:
         self._request_keyframe = request_keyframe
+        self._queue_packets = queue_packets
         self._subscribers: set[Subscriber] = set()
 
     def set_keyframe_requester(self, request_keyframe: Callable[[], None]) -> None:
@@ -78,7 +82,7 @@ class Broadcaster:
         self._request_keyframe()
 
     def subscribe(self) -> Subscriber:
-        sub = Subscriber(self)
+        sub = Subscriber(self, self._queue_packets)
         self._subscribers.add(sub)
         self._request_keyframe()
         return sub

@@ -24,7 +24,7 @@ from livevsr.engines.registry import EngineChoice
 from livevsr.ingest.base import AudioPacket, VideoPacket
 from livevsr.pipeline.decode import BACKLOG_PACKETS, DecodedFrame, DecodeThread
 from livevsr.pipeline.encode_worker import EncodeWorker
-from livevsr.pipeline.fanout import Broadcaster, EncodedFrame
+from livevsr.pipeline.fanout import AUDIO_QUEUE_PACKETS, Broadcaster, EncodedFrame
 from livevsr.pipeline.ring import FrameRing
 from livevsr.pipeline.worker import EngineWorker, UpscaledFrame
 from livevsr.telemetry.metrics import Metrics, RollingStats
@@ -89,6 +89,8 @@ class Stream:
         self._drops_logged_at = 0.0
         self.last_pts_90k = 0
         self.broadcasters = {r: Broadcaster(self._keyframe_requester(r)) for r in RENDITIONS}
+        # Opus for WHEP viewers, fed by a WhepAudioTap per session (see app.py); every packet is a keyframe.
+        self.audio = Broadcaster(lambda: None, queue_packets=AUDIO_QUEUE_PACKETS)
         # Each publish session gets one output from each factory (relays, recorder: see app.py).
         self.output_factories: list[Callable[[PublishSession], SessionOutput]] = []
         metrics.init_stream(self.name)

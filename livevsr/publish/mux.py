@@ -5,9 +5,9 @@ Nothing is re-encoded: the H.264 comes from the stream's one encoder as Annex-B 
 every IDR, and the audio is the publisher's AAC. The muxers convert Annex-B to the length-prefixed
 form they store once the codec extradata holds Annex-B SPS/PPS, taken from the first keyframe.
 
-Audio is ahead of the video by the engine's lookahead and the encoder; both carry pts on the same
-clock (the publisher's), so ``SessionTap`` maps audio onto the encoder's 90 kHz clock and the
-writer holds each audio packet until the video has reached its pts.
+Audio is ahead of the video by the engine's lookahead and the encoder; ``SessionTap`` maps it onto
+the encoder's 90 kHz clock (``AudioClock``) and the writer holds each audio packet until the video
+has reached its pts.
 
 Each writer has a bounded queue: a slow target drops (and counts) packets instead of stalling the
 pipeline; after a video drop it waits for the next keyframe so the output stays decodable.
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import av
 
 from livevsr.ingest.base import AudioPacket
+from livevsr.pipeline.avsync import AudioClock
 from livevsr.pipeline.fanout import EncodedFrame
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ TIME_BASE = fractions.Fraction(1, 90000)  # the encoder's clock; audio is mapped
 QUEUE_ITEMS = 256  # ~4 s of 30 fps video plus its audio; a slower target drops
 AUDIO_HOLD_90K = 10 * 90000  # audio waiting for its video; more than the deepest engine lookahead
 AUDIO_WAIT_S = 1.0  # how long an output waits for the audio configuration before opening without
-UNALIGNED_AUDIO_PACKETS = 500  # audio held before the first video packet tells the clock offset
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 STABLE_CONNECTION_S = 30.0  # a connection that lasted this long resets the backoff
@@ -395,18 +395,14 @@ class SessionTap:
 
     def __init__(self, writers: list[tuple[str, PacketWriter]]) -> None:
         self.writers = writers  # (rendition, writer)
-        self._offset_90k: int | None = None  # encoder pts - publisher pts, from the first timed packet
-        self._unaligned: collections.deque[AudioPacket] = collections.deque(maxlen=UNALIGNED_AUDIO_PACKETS)
+        self._clock = AudioClock()
 
     def video(self, rendition: str, frame: EncodedFrame) -> None:
-        packet, timing = frame.packet, frame.timing
+        packet = frame.packet
         if packet.pts is None:
             return
-        if self._offset_90k is None and timing is not None:
-            # Upscaled packets carry their input's timing: this maps publisher time to encoder time.
-            self._offset_90k = packet.pts - timing.pts_ms * 90
-            while self._unaligned:
-                self.audio(self._unaligned.popleft())
+        for audio, pts in self._clock.learn(frame):
+            self._write_audio(audio, pts)
         data = None
         for r, writer in self.writers:
             if r == rendition:
@@ -418,10 +414,11 @@ class SessionTap:
             writer.set_audio(AudioTrack(codec, extradata, sample_rate, channels))
 
     def audio(self, packet: AudioPacket) -> None:
-        if self._offset_90k is None:
-            self._unaligned.append(packet)
-            return
-        pts = packet.pts_ms * 90 + self._offset_90k
+        pts = self._clock.map(packet)
+        if pts is not None:
+            self._write_audio(packet, pts)
+
+    def _write_audio(self, packet: AudioPacket, pts: int) -> None:
         for _, writer in self.writers:
             writer.audio(packet.data, pts)
 

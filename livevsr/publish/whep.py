@@ -2,6 +2,8 @@
 
 The packets come from the stream's one encoder (aiortc only packetizes them), so N viewers cost N
 packetizers, not N encoders. H.264 is forced with codec preferences: aiortc would answer VP8 first.
+An offer with an Opus audio m-line also gets the stream's audio (one Opus transcode per stream, in
+step with the video: see whep_audio.py); an offer without one gets video only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from livevsr.pipeline.fanout import Subscriber
 from livevsr.pipeline.stream import Stream
-from livevsr.sdp import OfferError, offered_video_codecs
+from livevsr.sdp import OfferError, offered_codecs, offered_video_codecs
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,28 @@ def check_offer(sdp: str) -> None:
     if "H264" not in codecs:
         offered = ", ".join(sorted(codecs)) or "none"
         raise OfferError(f"the offer has no H.264 video (offered: {offered}); this server sends H.264 only")
+
+
+def wants_audio(sdp: str) -> bool:
+    """Whether the offer asks for audio we can send (Opus)."""
+    return "OPUS" in (offered_codecs(sdp, "audio") or set())
+
+
+class AudioPacketTrack(MediaStreamTrack):
+    """An audio track whose ``recv`` returns the stream's Opus ``av.Packet``s."""
+
+    kind = "audio"
+
+    def __init__(self, subscriber: Subscriber) -> None:
+        super().__init__()
+        self._subscriber = subscriber
+
+    async def recv(self) -> av.Packet:
+        item = await self._subscriber.recv()
+        if item is None:
+            self.stop()
+            raise MediaStreamError
+        return item.packet
 
 
 class PacketTrack(MediaStreamTrack):
@@ -60,6 +84,7 @@ class WhepSession:
     rendition: str
     pc: RTCPeerConnection
     subscriber: Subscriber
+    audio: Subscriber | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -70,12 +95,8 @@ class WhepServer:
         self.max_viewers_per_stream = max_viewers_per_stream
         self.sessions: dict[str, WhepSession] = {}
 
-    def _h264_codecs(self) -> list:
-        return [
-            c
-            for c in RTCRtpSender.getCapabilities("video").codecs
-            if c.mimeType in ("video/H264", "video/rtx")
-        ]
+    def _codecs(self, kind: str, mime_types: tuple[str, ...]) -> list:
+        return [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType in mime_types]
 
     async def create(self, stream: Stream, rendition: str, offer_sdp: str) -> tuple[WhepSession, str]:
         """Answer ``offer_sdp``; raises OfferError for an offer we cannot serve."""
@@ -86,14 +107,20 @@ class WhepServer:
             )
         pc = RTCPeerConnection()
         subscriber = stream.broadcasters[rendition].subscribe()
-        session = WhepSession(uuid.uuid4().hex, stream, rendition, pc, subscriber)
+        audio = stream.audio.subscribe() if wants_audio(offer_sdp) else None
+        session = WhepSession(uuid.uuid4().hex, stream, rendition, pc, subscriber, audio)
         try:
             transceiver = pc.addTransceiver(PacketTrack(stream, subscriber), direction="sendonly")
-            transceiver.setCodecPreferences(self._h264_codecs())
+            transceiver.setCodecPreferences(self._codecs("video", ("video/H264", "video/rtx")))
+            if audio is not None:
+                transceiver = pc.addTransceiver(AudioPacketTrack(audio), direction="sendonly")
+                transceiver.setCodecPreferences(self._codecs("audio", ("audio/opus",)))
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             subscriber.close()
+            if audio is not None:
+                audio.close()
             await pc.close()
             # The detail is for our log; the client gets a generic reason.
             log.warning("[%s] WHEP offer could not be answered: %s", stream.name, exc)
@@ -107,10 +134,11 @@ class WhepServer:
                 await self.close(session.id, f"connection {pc.connectionState}")
 
         log.info(
-            "[%s] WHEP viewer %s joined (%s), %d viewers",
+            "[%s] WHEP viewer %s joined (%s%s), %d viewers",
             stream.name,
             session.id[:8],
             rendition,
+            " + audio" if audio is not None else "",
             stream.viewer_count,
         )
         return session, pc.localDescription.sdp
@@ -120,6 +148,8 @@ class WhepServer:
         if session is None:
             return False
         session.subscriber.close()
+        if session.audio is not None:
+            session.audio.close()
         session.stream.viewers_changed()
         await session.pc.close()
         session.closed.set()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import time
 from types import TracebackType
 
 import aiohttp
@@ -21,13 +23,21 @@ class WhepError(Exception):
 class WhepClient:
     """``async with WhepClient(url) as c: frame = await c.recv()``; DELETEs its session on exit."""
 
-    def __init__(self, url: str, token: str | None = None, max_buffered_frames: int = 30) -> None:
+    def __init__(
+        self, url: str, token: str | None = None, max_buffered_frames: int = 30, audio: bool = False
+    ) -> None:
         """Decoded frames wait in a buffer of ``max_buffered_frames``; a reader slower than the stream
         loses the oldest ones (counted in ``dropped``), as a browser would, instead of growing
-        memory without bound (aiortc's own track queue has no limit)."""
+        memory without bound (aiortc's own track queue has no limit).
+
+        With ``audio`` the offer also asks for Opus audio; decoded audio frames collect in
+        ``audio_frames`` as (monotonic arrival time, frame), the newest 3000 (~60 s) kept."""
         self.url = url
         self.token = token
         self.max_buffered_frames = max_buffered_frames
+        self.audio = audio
+        self.audio_frames: collections.deque[tuple[float, av.AudioFrame]] = collections.deque(maxlen=3000)
+        self._audio_pump: asyncio.Task | None = None
         self.dropped = 0
         self._frames: asyncio.Queue[av.VideoFrame | None] = asyncio.Queue()
         self._pump: asyncio.Task | None = None
@@ -51,12 +61,16 @@ class WhepClient:
 
     async def connect(self) -> None:
         self.pc.addTransceiver("video", direction="recvonly")
+        if self.audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "video" and not self._track.done():
                 self._track.set_result(track)
                 self._pump = asyncio.ensure_future(self._pump_frames(track))
+            elif track.kind == "audio" and self._audio_pump is None:
+                self._audio_pump = asyncio.ensure_future(self._pump_audio(track))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self._http = aiohttp.ClientSession()
@@ -82,6 +96,14 @@ class WhepClient:
                 self.dropped += 1
             self._frames.put_nowait(frame)
 
+    async def _pump_audio(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.audio_frames.append((time.monotonic(), frame))
+
     async def recv(self, timeout: float = 10.0) -> av.VideoFrame:
         await asyncio.wait_for(asyncio.shield(self._track), timeout)
         frame = await asyncio.wait_for(self._frames.get(), timeout)
@@ -99,7 +121,8 @@ class WhepClient:
                     status = resp.status
             await self._http.close()
             self._http = None
-        if self._pump is not None:
-            self._pump.cancel()
+        for task in (self._pump, self._audio_pump):
+            if task is not None:
+                task.cancel()
         await self.pc.close()
         return status

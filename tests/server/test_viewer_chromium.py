@@ -218,3 +218,30 @@ async def js_decode(browser: Chromium, rgb: np.ndarray, cell_px: int) -> int | N
     return await browser.evaluate(
         f"window.livevsrBarcode.decode(Uint8ClampedArray.from(atob('{data}'), c => c.charCodeAt(0)), "
         f"{band.shape[1]}, {band.shape[0]}, {cell_px})")
+
+
+async def test_viewer_plays_the_stream_sound_on_request(app: App) -> None:
+    """The upscaled player also receives the stream's audio (AAC in, Opus out); it starts muted, as
+    browsers require for autoplay, and the Sound button unmutes it."""
+    from livevsr.testing.publisher import publish
+
+    url = f"http://127.0.0.1:{app.http_port}/view/main"
+    rtmp_url = f"rtmp://127.0.0.1:{app.rtmp_port}/live/k1"
+    async with Chromium(url) as browser:
+        await browser.wait_for("window.livevsrStats.upscaled.connection === 'connected'", timeout_s=20)
+        publisher = asyncio.create_task(asyncio.to_thread(publish, rtmp_url, 160, 96, 15, 150, audio=True))
+        try:
+            await browser.wait_for(f"{VIDEO}.videoWidth === 640", timeout_s=40)
+            assert await browser.evaluate(f"{VIDEO}.muted") is True
+            samples = "window.livevsrStats.upscaled.audioSamples"
+            await browser.wait_for(f"{samples} > 48000", timeout_s=20)  # a second of sound has played out
+            await browser.evaluate("document.getElementById('sound').click()")
+            assert await browser.evaluate(f"{VIDEO}.muted") is False
+            assert await browser.evaluate("document.getElementById('sound').textContent") == "Sound on"
+            tracks = await browser.evaluate(f"{VIDEO}.srcObject.getTracks().map(t => t.kind).sort()")
+            assert tracks == ["audio", "video"]  # one MediaStream: the browser keeps them in sync
+        except BaseException:
+            print("\n".join(browser.console[-30:]))
+            raise
+        finally:
+            await publisher
