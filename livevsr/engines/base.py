@@ -4,6 +4,10 @@ Frames travel as ``av.VideoFrame`` in and out: the pipeline never touches pixels
 back in input order; an engine with lookahead returns fewer frames than it was given while warming
 up and the rest at ``flush()``. The worker pairs outputs with inputs first-in first-out, so per-frame
 telemetry and timestamps never pass through the engine.
+
+A stream's ``output_height`` is met after the engine (``engines/resize.py``): the encoder rescales
+the engine's frames to it. An engine that can produce that size directly at no extra cost takes
+``output_height`` at construction (bicubic does), which makes the encoder's rescale a no-op.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import av
 
 class Engine(Protocol):
     name: str  # "bicubic", "flashvsr"
-    scale: int  # output size = scale x input size, exactly
+    scale: int  # native output size = scale x input size, exactly (unless given an output_height)
     chunk: int  # frames consumed per push (8 for flashvsr, 1 for bicubic)
 
     def open(self, width: int, height: int, fps: float) -> None:

@@ -63,10 +63,14 @@ def preload(choice: EngineChoice, config: EngineConfig) -> None:
         shared_models(config.flashvsr)
 
 
-def create_engine(choice: EngineChoice, config: EngineConfig) -> Engine:
-    """A fresh engine instance for one stream; FlashVSR weights are shared (``shared_models``)."""
+def create_engine(choice: EngineChoice, config: EngineConfig, *, output_height: int = 0) -> Engine:
+    """A fresh engine instance for one stream; FlashVSR weights are shared (``shared_models``).
+
+    ``output_height`` (the stream's; 0 = native): bicubic scales straight to that size; FlashVSR
+    stays at its native 4x and the encoder rescales its frames.
+    """
     if choice.name == "bicubic":
-        return BicubicEngine()
+        return BicubicEngine(output_height=output_height)
     from livevsr.engines.flashvsr.engine import FlashVSREngine
 
     return FlashVSREngine(config.flashvsr)
