@@ -12,6 +12,7 @@ from collections.abc import Callable
 import av
 
 from livevsr.config import EncoderConfig
+from livevsr.engines.resize import output_size, resize
 from livevsr.pipeline.encode import VideoEncoder
 from livevsr.pipeline.fanout import EncodedFrame
 from livevsr.pipeline.worker import END, UpscaledFrame
@@ -37,8 +38,12 @@ class EncodeWorker:
         on_drop: Callable[[str, int], None] | None = None,
         max_queue_ms: int = 0,
         chunk_frames: int = 1,
+        output_height: int = 0,
     ) -> None:
+        """``output_height``: the stream's ``output_height``; upscaled frames of another size are
+        scaled to it (the width by the input's aspect ratio) before the encoder; 0 = as they come."""
         self.name = name
+        self._output_height = output_height
         self._on_drop = on_drop
         self._max_queue_ns = max_queue_ms * 1_000_000
         self._chunk_frames = chunk_frames
@@ -132,17 +137,26 @@ class EncodeWorker:
         self._on_drop("late", 1)
         return True
 
+    def _output(self, item: UpscaledFrame) -> av.VideoFrame:
+        """The upscaled frame at the stream's output size (a no-op when the engine already made it)."""
+        if not self._output_height:
+            return item.upscaled
+        width, height = output_size(item.source.width, item.source.height, self._output_height)
+        return resize(item.upscaled, width, height)
+
     def _encode(self, item: UpscaledFrame) -> None:
-        encoder = self._encoder("upscaled", item.upscaled)
+        upscaled = self._output(item)
+        encoder = self._encoder("upscaled", upscaled)
         pts = encoder.next_pts(self._pts(item.timing.pts_ms))
         self.last_pts_90k = pts
         self._timings[pts] = item.timing
         encoded = []
-        for p in encoder.encode(item.upscaled, pts):
+        for p in encoder.encode(upscaled, pts):
             timing = self._timings.pop(p.pts, None)
             if timing is not None:
                 timing.mark("encoded")
-                self._on_encoded(UpscaledFrame(item.upscaled, item.source, timing))
+                # The frame as encoded and sent: the stream reports its size as the output size.
+                self._on_encoded(UpscaledFrame(upscaled, item.source, timing))
             encoded.append(EncodedFrame(p, timing))
         self._deliver("upscaled", encoded)
         if self._config.source_rendition:
