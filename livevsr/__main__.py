@@ -55,10 +55,23 @@ def _upscale(args: argparse.Namespace) -> int:
         engine_config = dataclasses.replace(engine_config, name=args.engine)
     choice: EngineChoice = choose_engine(engine_config)
     log.info("engine %s (%s)", choice.name, choice.reason)
-    engine = create_engine(choice, engine_config)
-    frames_in, frames_out = upscale_file(args.input, args.output, engine, config.encoder)
+    engine = create_engine(choice, engine_config, output_height=args.height)
+    frames_in, frames_out = upscale_file(
+        args.input, args.output, engine, config.encoder, output_height=args.height
+    )
     print(f"{args.output}: {frames_out} frames upscaled from {frames_in}")
     return 0 if frames_in == frames_out else 1
+
+
+def _output_height(text: str) -> int:
+    """``--height``: as ``streams[].output_height``: 0 (native 4x) or an even height 64..4320."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value and not (64 <= value <= 4320 and value % 2 == 0):
+        raise argparse.ArgumentTypeError(f"expected 0 (native 4x) or an even height 64..4320, got {value}")
+    return value
 
 
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
@@ -85,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output")
     p.add_argument("--config", default=None, help="YAML config file (default: built-in defaults)")
     p.add_argument("--engine", choices=("auto", "bicubic", "flashvsr"), default=None)
+    p.add_argument(
+        "--height",
+        type=_output_height,
+        default=0,
+        help="output height; the width follows the input's aspect ratio (default 0: the engine's 4x)",
+    )
 
     # add_help=False: "livevsr bench g2g --help" reaches the benchmark's own parser.
     p = sub.add_parser("bench", help="benchmarks (append rows to BENCHMARKS.md)", add_help=False)

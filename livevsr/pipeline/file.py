@@ -17,6 +17,7 @@ import av
 
 from livevsr.config import EncoderConfig
 from livevsr.engines.base import Engine
+from livevsr.engines.resize import output_size, resize
 from livevsr.errors import IngestError
 from livevsr.pipeline.encode import VideoEncoder, pick_codec
 
@@ -44,8 +45,12 @@ def upscale_file(
     *,
     progress: bool = True,
     on_frame: Callable[[int], None] | None = None,
+    output_height: int = 0,
 ) -> tuple[int, int]:
-    """Upscale every video frame of ``src`` into ``dst``; returns (frames in, frames out)."""
+    """Upscale every video frame of ``src`` into ``dst``; returns (frames in, frames out).
+
+    ``output_height`` (0 = the engine's native 4x): the output's height, the width by the input's
+    aspect ratio; the engine's frames are scaled to it when it did not make that size itself."""
     try:
         inp = av.open(str(src))
     except (av.error.FFmpegError, OSError) as exc:
@@ -74,6 +79,9 @@ def upscale_file(
                     if not pending:
                         return  # output of padding frames
                     pts = pending.popleft()
+                    if output_height:
+                        assert geometry is not None
+                        frame = resize(frame, *output_size(*geometry, output_height))
                     if encoder is None:
                         ostream.width, ostream.height = frame.width, frame.height
                         ostream.pix_fmt = "yuv420p"

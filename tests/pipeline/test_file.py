@@ -95,3 +95,26 @@ def test_auto_preset_trades_quality_for_speed_by_pixel_rate_and_cores() -> None:
     assert auto_preset(640, 360, 30, cores=2) == "faster"
     assert auto_preset(1920, 1080, 30, cores=16) == "faster"
     assert auto_preset(1920, 1080, 30, cores=4) == "superfast"
+
+
+@pytest.mark.parametrize("engine_cls", [BicubicEngine, ChunkedEngine])
+def test_output_height_sets_the_height_and_keeps_the_aspect_ratio(tmp_path: Path, engine_cls: type) -> None:
+    # ChunkedEngine stands in for FlashVSR: it ignores output_height and makes 4x, which is rescaled.
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    write_video(src, 50, 38, 10)
+    engine = BicubicEngine(output_height=144) if engine_cls is BicubicEngine else engine_cls()
+    counts = upscale_file(src, dst, engine, EncoderConfig(codec="libx264"), progress=False, output_height=144)
+    assert counts == (10, 10)
+    # 50 * 144 / 38 = 189.47: the nearest even width
+    assert {(f.width, f.height) for f in read_frames(dst)} == {(190, 144)}
+
+
+def test_cli_upscale_height(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    write_video(src, 64, 36, 5)
+    assert main(["upscale", str(src), str(dst), "--engine", "bicubic", "--height", "90"]) == 0
+    assert "5 frames upscaled from 5" in capsys.readouterr().out
+    assert {(f.width, f.height) for f in read_frames(dst)} == {(160, 90)}
+    with pytest.raises(SystemExit):
+        main(["upscale", str(src), str(dst), "--height", "91"])
+    assert "even height 64..4320" in capsys.readouterr().err
