@@ -51,6 +51,8 @@ class IngestSink(Protocol):
     def close(self, reason: str) -> None:
         """The publisher went away (or was kicked); ``reason`` is one short human-readable phrase."""
 
+    # Optional: ``closed`` (bool) and ``end_reason`` (str) tell a source that the server ended the
+    # publish (an operator's kick, admission control, a reconnect replacing it); RTMP then hangs up.
     # Optional: ``async def drain(self) -> None`` waits while the pipeline wants the publisher held
     # back (lossless streams); a source that can pause reading (RTMP over TCP) awaits it.
 

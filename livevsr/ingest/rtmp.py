@@ -289,6 +289,10 @@ class _Connection:
             self.bytes_in += len(data)
             for message in self.chunks.feed(data):
                 self._on_message(message, recv_ns)
+            if getattr(self.sink, "closed", False):
+                # The server ended the publish (kicked, refused for load, replaced by a reconnect):
+                # hang up, so the publisher knows instead of streaming into nothing.
+                raise _Closed(f"ended by the server: {getattr(self.sink, 'end_reason', None) or 'closed'}")
             drain = getattr(self.sink, "drain", None)
             if drain is not None:
                 # Lossless (block) streams: stop reading while the pipeline catches up, so TCP slows

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
 
 from livevsr.config import Config
 from livevsr.engines.registry import EngineChoice, choose_engine, create_engine
 from livevsr.errors import IngestError
+from livevsr.pipeline.admission import LoadMonitor
 from livevsr.pipeline.stream import PublishSession, Stream
 from livevsr.telemetry.metrics import Metrics
 
@@ -36,7 +39,17 @@ class StreamManager:
             stream = Stream(config, sc, choice, factory, metrics, loop)
             self.streams[sc.name] = stream
             self._by_key[sc.key] = stream
+        self.metrics = metrics
+        self.load = LoadMonitor(capacity={"cpu": float(os.cpu_count() or 1)})
+        self._sampler = loop.create_task(self._sample_load())
         self.accepting = True
+
+    def device(self, stream: Stream) -> str:
+        """Where a stream's engine computes: the GPU flashvsr runs on; bicubic (swscale) on the CPU."""
+        if stream.engine_choice.name != "flashvsr":
+            return "cpu"
+        device = self.config.engine.flashvsr.device
+        return "cuda:0" if device == "cuda" else device
 
     def open_publish(self, key: str, source: str) -> PublishSession:
         if not self.accepting:
@@ -44,26 +57,25 @@ class StreamManager:
         stream = self._by_key.get(key)
         if stream is None:
             raise IngestError("unknown stream key")
-        self._admit(stream)
-        return stream.start_session(source)
+        device = self.device(stream)
+        # Refuse what the device cannot also carry, instead of slowing every stream on it down.
+        refusal = self.load.refusal(device, stream.name, self.config.pipeline.max_engine_load)
+        if refusal is not None:
+            raise IngestError(refusal)
+        session = stream.start_session(source)
+        self.load.track(session, device, stream.engine_choice.name)
+        return session
 
-    def _admit(self, stream: Stream) -> None:
-        """Refuse a stream the GPU cannot also carry, instead of slowing every stream down.
-
-        FlashVSR at live rates needs a whole GPU for one stream (see BENCHMARKS.md), so one
-        flashvsr stream runs per process; bicubic streams are cheap and always admitted.
-        """
-        if stream.engine_choice.name != "flashvsr":
-            return
-        busy = [
-            s.name
-            for s in self.streams.values()
-            if s is not stream and s.sessions_running and s.engine_choice.name == "flashvsr"
-        ]
-        if busy:
-            raise IngestError(
-                f"GPU busy: flashvsr is already upscaling stream {busy[0]!r} (one flashvsr stream per GPU)"
-            )
+    async def _sample_load(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for session, reason in self.load.sample():
+                if self.config.pipeline.max_engine_load > 0:
+                    session.refuse(reason)  # type: ignore[attr-defined]
+            for name, stream in self.streams.items():
+                load = self.load.stream_load(name)
+                stream.engine_load = load
+                self.metrics.engine_load.labels(name).set(load or 0.0)
 
     def get(self, name: str) -> Stream | None:
         return self.streams.get(name)
@@ -71,6 +83,9 @@ class StreamManager:
     async def close(self) -> None:
         """Stop taking publishers, end every session and wait for in-flight frames to drain."""
         self.accepting = False
+        self._sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sampler
         for stream in self.streams.values():
             if stream.session is not None:
                 stream.session.close("server stopping")

@@ -82,6 +82,7 @@ class Stream:
         self.input_size: tuple[int, int] | None = None
         self.output_size: tuple[int, int] | None = None
         self.source_fps = 0.0
+        self.engine_load: float | None = None  # measured by the manager's LoadMonitor
         self.counts = {"received": 0, "decoded": 0, "upscaled": 0, "encoded": 0}
         self.dropped: dict[str, int] = {}
         self._drop_lock = threading.Lock()
@@ -175,7 +176,8 @@ class Stream:
             "name": self.name,
             "state": self.state,
             "reason": self.reason,
-            "engine": {"name": self.engine_choice.name, "reason": self.engine_choice.reason},
+            "engine": {"name": self.engine_choice.name, "reason": self.engine_choice.reason,
+                       "load": None if self.engine_load is None else round(self.engine_load, 3)},
             "input": None if self.input_size is None else
             {"width": self.input_size[0], "height": self.input_size[1], "fps": fps_in},
             "output": None if self.output_size is None else
@@ -196,6 +198,8 @@ class PublishSession:
         self.name = stream.name
         self.closed = False
         self.error: str | None = None
+        self.end_reason: str | None = None  # why it ended; an ingest source tells its publisher
+        self._busy_s = 0.0
         self._frame_ids = itertools.count()
         self._fps_hint = 0.0
         self._dts_seen: list[int] = []
@@ -227,6 +231,18 @@ class PublishSession:
             chunk_frames=self.engine.chunk,
         )  # fmt: skip
         self._watch = asyncio.ensure_future(self._watch_threads())
+
+    @property
+    def engine_busy_s(self) -> float:
+        """Seconds the engine has computed for this session (admission control's load measure)."""
+        worker = self.worker
+        if worker is not None:
+            self._busy_s = worker.busy_s
+        return self._busy_s
+
+    def refuse(self, reason: str) -> None:
+        """End this session from the server side (admission control); ``reason`` becomes the stream's."""
+        self._end_with_error(reason)
 
     def fps_hint(self) -> float:
         return self._fps_hint or self.stream.source_fps or 30.0
@@ -297,6 +313,7 @@ class PublishSession:
         if self.closed:
             return
         self.closed = True
+        self.end_reason = reason
         self.decoder.close()
         self.stream.session_ended(self, reason, error=self.error is not None)
 
@@ -347,6 +364,7 @@ class PublishSession:
         log.error("[%s] stream stopped: %s", self.name, reason)
         if not self.closed:
             self.closed = True
+            self.end_reason = reason
             self.decoder.close()
             self.worker.stop()
             self.stream.session_ended(self, reason, error=True)

@@ -60,6 +60,7 @@ class EngineWorker:
         self._pending: deque[DecodedFrame] = deque()
         self._geometry: tuple[int, int] | None = None
         self._stop = threading.Event()
+        self.busy_s = 0.0  # wall time inside the engine (open/push/flush): admission control's load
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -122,9 +123,9 @@ class EngineWorker:
                     *self._geometry,
                     *size,
                 )
-                self._emit(self.engine.flush())
+                self._emit(self._timed(self.engine.flush))
                 self.engine.close()
-            self.engine.open(size[0], size[1], self._fps_hint())
+            self._timed(self.engine.open, size[0], size[1], self._fps_hint())
             self._geometry = size
         # A chunk may straddle a resolution change: upscale the rest in the next round.
         same = list(itertools.takewhile(lambda d: (d.frame.width, d.frame.height) == size, chunk))
@@ -144,17 +145,24 @@ class EngineWorker:
             frames.append(items[-1].frame)
         outs: list[av.VideoFrame] = []
         for i in range(0, len(frames), self.engine.chunk):
-            outs += self.engine.push(frames[i : i + self.engine.chunk])
+            outs += self._timed(self.engine.push, frames[i : i + self.engine.chunk])
         if len(frames) > real:
             # End of input at this geometry: everything held comes out now; outputs beyond the
             # real frames belong to the padding and are discarded by _emit.
-            self._emit(outs + self.engine.flush())
+            self._emit(outs + self._timed(self.engine.flush))
             if self._pending:
                 self._on_drop("engine_error", len(self._pending))
                 self._pending.clear()
             self._reset_engine()
         else:
             self._emit(outs)
+
+    def _timed(self, call: Callable, *args: object) -> list[av.VideoFrame]:
+        t0 = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            self.busy_s += time.monotonic() - t0
 
     def _emit(self, outs: list[av.VideoFrame]) -> None:
         for out in outs:
@@ -166,7 +174,7 @@ class EngineWorker:
 
     def _finish(self) -> None:
         if self._geometry is not None:
-            self._emit(self.engine.flush())
+            self._emit(self._timed(self.engine.flush))
 
     def _reset_engine(self) -> None:
         self._close_engine()

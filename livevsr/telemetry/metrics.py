@@ -43,6 +43,11 @@ class Metrics:
         self.live = Gauge(
             "livevsr_stream_live", "1 while a publisher is live", ["stream"], registry=self.registry
         )
+        self.engine_load = Gauge(
+            "livevsr_engine_load",
+            "Fraction of wall time the stream's engine computes (admission control's measure)",
+            ["stream"], registry=self.registry,
+        )  # fmt: skip
         self.glass_to_glass = Histogram(
             "livevsr_glass_to_glass_seconds", "Barcode-measured source-to-viewer latency",
             ["stream"], buckets=LATENCY_BUCKETS_S, registry=self.registry,
@@ -56,6 +61,7 @@ class Metrics:
             self.dropped.labels(stream, cause)
         self.viewers.labels(stream).set(0)
         self.live.labels(stream).set(0)
+        self.engine_load.labels(stream).set(0)
 
 
 class RollingStats:

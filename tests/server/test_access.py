@@ -79,3 +79,20 @@ async def test_control_api_is_off_without_an_admin_token(app: App) -> None:
         async with http.post(f"http://127.0.0.1:{app.http_port}/api/streams/main/kick") as resp:
             assert resp.status == 403
             assert "http.admin_token" in (await resp.json())["error"]
+
+
+async def test_a_kicked_rtmp_publisher_is_hung_up_on(secured: App) -> None:
+    """The kick ends the RTMP connection too, so OBS shows the disconnect instead of streaming into nothing."""
+    from livevsr.testing.publisher import publish
+
+    url = f"rtmp://127.0.0.1:{secured.rtmp_port}/live/k-main"
+    publisher = asyncio.create_task(asyncio.to_thread(publish, url, 64, 48, 30, 600))  # 20 s
+    stream = secured.manager.streams["main"]
+    await wait_for(lambda: stream.state == "live")
+    async with aiohttp.ClientSession() as http:
+        kick = f"http://127.0.0.1:{secured.http_port}/api/streams/main/kick"
+        async with http.post(kick, headers={"Authorization": "Bearer admin-secret"}) as resp:
+            assert resp.status == 200
+    with pytest.raises(OSError):  # PyAV: broken pipe / connection reset, within seconds, not 20 s
+        await asyncio.wait_for(publisher, 10)
+    assert "kicked" in stream.reason

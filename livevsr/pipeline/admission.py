@@ -1,0 +1,125 @@
+"""Admission control by measured engine load.
+
+A stream's load is the fraction of wall time its engine spends computing (``EngineWorker.busy_s``),
+smoothed over a few seconds; a device's load is the sum over the streams on it, as a fraction of
+the device's capacity. A GPU runs one stream's kernels at a time, so its capacity is 1; the CPU's
+is its core count (each engine worker is one thread).
+
+Two rules keep the streams already running at full rate:
+- a publish is refused while its device's load is above ``pipeline.max_engine_load``;
+- a stream admitted into a device that then stays overloaded (load above capacity for a few
+  seconds) is ended with the reason, if it is the newest on the device and still on probation.
+A session too young to be measured reserves ``STARTING_LOAD`` of its device meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+SMOOTHING = 0.5  # weight of the newest one-second sample: a few seconds of memory
+STARTING_S = 5.0  # engine warm-up (weights to the GPU, first chunks): no trustworthy load yet
+# FlashVSR at live rates needs most of a GPU for one stream (BENCHMARKS.md): until measured, a
+# starting flashvsr session holds the whole device, so two cannot start into one GPU at once.
+STARTING_LOAD = {"flashvsr": 1.0}
+OVERLOAD_SAMPLES = 3  # consecutive samples above capacity before the newest stream is ended
+PROBATION_S = 60.0  # how long after its start a stream can still be ended for overloading
+
+
+class MeasuredSession(Protocol):
+    name: str  # the stream's
+    closed: bool
+
+    @property
+    def engine_busy_s(self) -> float: ...
+
+
+@dataclass
+class _Tracked:
+    session: MeasuredSession
+    device: str
+    engine: str
+    started: float
+    busy_s: float
+    sampled_at: float
+    load: float | None = None  # smoothed fraction of one device unit; None until first measured
+
+
+class LoadMonitor:
+    """Call ``sample`` about once a second (on the event loop)."""
+
+    def __init__(self, capacity: dict[str, float], clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = capacity  # device -> units; a device not listed (a GPU) has 1
+        self._clock = clock
+        self._tracked: list[_Tracked] = []
+        self._over: dict[str, int] = {}  # device -> consecutive overloaded samples
+
+    def track(self, session: MeasuredSession, device: str, engine: str) -> None:
+        now = self._clock()
+        self._tracked.append(_Tracked(session, device, engine, now, session.engine_busy_s, now))
+
+    def sample(self) -> list[tuple[MeasuredSession, str]]:
+        """Update every session's load; returns (session, reason) for sessions to end."""
+        now = self._clock()
+        self._tracked = [t for t in self._tracked if not t.session.closed]
+        for t in self._tracked:
+            busy, dt = t.session.engine_busy_s, now - t.sampled_at
+            if dt <= 0:
+                continue
+            fraction = max(0.0, busy - t.busy_s) / dt
+            t.load = fraction if t.load is None else SMOOTHING * fraction + (1 - SMOOTHING) * t.load
+            t.busy_s, t.sampled_at = busy, now
+        evict = []
+        for device in {t.device for t in self._tracked}:
+            load = self.device_load(device)[0]
+            self._over[device] = self._over.get(device, 0) + 1 if load > 1.0 else 0
+            if self._over[device] < OVERLOAD_SAMPLES:
+                continue
+            on_device = [t for t in self._tracked if t.device == device]
+            newest = max(on_device, key=lambda t: t.started)
+            if len(on_device) > 1 and now - newest.started <= PROBATION_S:
+                self._over[device] = 0
+                self._tracked.remove(newest)  # it is being ended: its load is gone
+                evict.append((newest.session, (
+                    f"{device} cannot carry this stream as well: measured engine load {load:.0%} of its "
+                    f"capacity since it started; the streams already running keep their frame rate"
+                )))  # fmt: skip
+        return evict
+
+    def stream_load(self, name: str) -> float | None:
+        """The smoothed load of stream ``name``'s running session (fraction of one device unit)."""
+        for t in self._tracked:
+            if t.session.name == name and not t.session.closed:
+                return t.load
+        return None
+
+    def device_load(self, device: str, exclude: str | None = None) -> tuple[float, dict[str, str]]:
+        """(load as a fraction of the device's capacity, {stream: its share, for messages}),
+        leaving out stream ``exclude`` (a publisher reconnecting replaces its own session)."""
+        now = self._clock()
+        total, shares = 0.0, {}
+        for t in self._tracked:
+            if t.device != device or t.session.closed or t.session.name == exclude:
+                continue
+            starting = now - t.started < STARTING_S
+            load = t.load or 0.0
+            if starting:
+                load = max(load, STARTING_LOAD.get(t.engine, 0.0))
+            total += load
+            shares[t.session.name] = f"{load:.0%}" + (" starting" if starting else "")
+        return total / self.capacity.get(device, 1.0), shares
+
+    def refusal(self, device: str, stream: str, limit: float) -> str | None:
+        """Why a new publish of ``stream`` is refused on ``device``, or None if it is admitted."""
+        if limit <= 0:
+            return None
+        load, shares = self.device_load(device, exclude=stream)
+        if load < limit:
+            return None
+        listed = ", ".join(f"{name} {share}" for name, share in sorted(shares.items()))
+        return (
+            f"{device} is busy: measured engine load {load:.0%} ({listed}) is above "
+            f"pipeline.max_engine_load {limit:.0%}; try again when a stream ends"
+        )
