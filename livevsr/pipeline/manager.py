@@ -35,7 +35,8 @@ class StreamManager:
                 engine_config = dataclasses.replace(config.engine, name=sc.engine)
                 choice = choose_engine(engine_config)
                 choice = EngineChoice(choice.name, f"streams[{sc.name}].engine: {choice.reason}")
-            factory = functools.partial(create_engine, choice, engine_config)
+            # An engine that can make the output size itself (bicubic) does; the encoder rescales the rest.
+            factory = functools.partial(create_engine, choice, engine_config, output_height=sc.output_height)
             stream = Stream(config, sc, choice, factory, metrics, loop)
             self.streams[sc.name] = stream
             self._by_key[sc.key] = stream

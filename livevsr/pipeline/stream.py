@@ -69,6 +69,7 @@ class Stream:
     ) -> None:
         self.name = stream_config.name
         self.key = stream_config.key
+        self.output_height = stream_config.output_height  # 0 = the engine's native 4x
         self.config = config
         self.engine_choice = engine_choice
         self.engine_factory = engine_factory
@@ -228,7 +229,7 @@ class PublishSession:
         self.encoder: EncodeWorker | None = EncodeWorker(
             self.name, cfg.encoder, self._upscaled, self.fps_hint, stream.last_pts_90k,
             self._deliver, self._on_encoded, self._fail, on_drop=stream.drop, max_queue_ms=max_queue_ms,
-            chunk_frames=self.engine.chunk,
+            chunk_frames=self.engine.chunk, output_height=stream.output_height,
         )  # fmt: skip
         self._watch = asyncio.ensure_future(self._watch_threads())
 
