@@ -603,6 +603,8 @@
     setText('st-state', s.reason ? `${s.state} — ${s.reason}` : s.state);
     setText('st-engine', (s.engine && s.engine.name) || '–');
     setText('st-engine-reason', (s.engine && s.engine.reason) || '–');
+    const load = s.engine && s.engine.load;
+    setText('st-engine-load', load == null ? '–' : `${Math.round(load * 100)} %`);
     setText('st-res', s.input ? `${size(s.input)} → ${size(s.output)}` : '–');
     const f = s.frames || {};
     let fpsIn = s.input ? s.input.fps : null;

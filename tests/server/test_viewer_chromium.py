@@ -103,6 +103,9 @@ async def test_viewer_plays_upscaled_stream(app: App) -> None:
 
             engine = "document.getElementById('st-engine').textContent"
             await browser.wait_for(f"{engine} === 'bicubic'", timeout_s=5)
+            # the measured engine load admission control uses, as a percentage
+            await browser.wait_for(
+                "/^\\d+ %$/.test(document.getElementById('st-engine-load').textContent)", timeout_s=10)
             panel = await browser.evaluate("document.querySelector('.stats').innerText")
             assert "320×180 → 1280×720" in panel
             await browser.wait_for("!!document.querySelector('#st-latency tr.total')", timeout_s=5)
