@@ -15,7 +15,6 @@ Prints one JSON line and appends the run to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import shlex
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from livevsr.bench import report
 
 BLOCK = 128
 HEAD_DIM = 128
@@ -185,23 +186,23 @@ def _cell(result: dict[str, Any], name: str) -> str:
     return f"{ms['p50']:.3f} / {ms['p95']:.3f}" if ms else "-"
 
 
+_COLUMNS = (
+    "size", "pairs (density)", "draft ms p50/p95", "ring write ms", "ours attn ms p50/p95", "ours TFLOP/s",
+    "flex ms p50/p95", "flex TFLOP/s", "SDPA dense ms p50/p95", "SDPA TFLOP/s",
+)  # fmt: skip
+
+
 def _append_markdown(path: Path, command: str, device: str, results: list[dict[str, Any]]) -> None:
-    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"\n### attention: `{command}` ({when}, {device})\n",
-        "| size | pairs (density) | draft ms p50/p95 | ring write ms | ours attn ms p50/p95 | ours TFLOP/s "
-        "| flex ms p50/p95 | flex TFLOP/s | SDPA dense ms p50/p95 | SDPA TFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"\n### attention: `{command}` ({report.utc_timestamp()}, {device})\n",
+        report.table_header(_COLUMNS),
     ]
     for r in results:
         cells = [r["size"], f"{r['pairs']} ({r['density']:.1%})", _cell(r, "draft"), _cell(r, "ring_write")]
         cells += [_cell(r, "attn"), r.get("attn_tflops", "-"), _cell(r, "flex"), r.get("flex_tflops", "-")]
         cells += [_cell(r, "sdpa"), r.get("sdpa_tflops", "-")]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    if not path.exists():
-        lines.insert(0, "# Benchmarks\n")
-    with path.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+        lines.append(report.table_row(cells))
+    report.append_section(path, lines)
 
 
 def main(argv: list[str]) -> int:
@@ -217,7 +218,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compiles for ~a minute)")
     parser.add_argument("--no-sdpa", action="store_true")
     parser.add_argument(
-        "--markdown", type=Path, default=Path("BENCHMARKS.md"), help="file the run is appended to"
+        "--markdown", type=Path, default=Path(report.BENCHMARKS_MD), help="file the run is appended to"
     )
     parser.add_argument("--no-markdown", action="store_true")
     args = parser.parse_args(argv)

@@ -14,9 +14,9 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 from livevsr.bench import engine as engine_bench
+from livevsr.bench import report
 
 # Published anchors at 768x1408 (flashvsr_spec.md section 8): frames per second.
 ANCHORS_FPS_768x1408 = {
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--variant", choices=("tiny", "full"), default="tiny")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="a small random model (smoke test)")
-    p.add_argument("--out", default="BENCHMARKS.md", help="append a row here ('' to skip)")
+    p.add_argument("--out", default=report.BENCHMARKS_MD, help="append a row here ('' to skip)")
     args = p.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     engine_args = engine_bench.parser().parse_args(
@@ -65,16 +65,9 @@ def main(argv: list[str]) -> int:
             f"{', '.join(f'{k} {v}' for k, v in stages.items())} | {result['peak_mem_gib']} | "
             f"{result['anchor_ratio']} |\n"
         )
-        path = Path(args.out)
         columns = (
             "date", "command", "device", "model", "output", "attention", "step ms p50 / p95", "fps",
             "stage ms per step", "peak GiB", "fps / anchor",
         )  # fmt: skip
-        header = (
-            "\n### FlashVSR step, e2e\n\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-        )
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        if "### FlashVSR step, e2e" not in text:
-            text += header
-        path.write_text(text + line)
+        report.append_table_row(args.out, "### FlashVSR step, e2e", columns, line)
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime as dt
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ import aiohttp
 import av
 import numpy as np
 
+from livevsr.bench import report
 from livevsr.telemetry import barcode
 
 STREAM_NAME = "main"
@@ -274,16 +274,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _append_markdown(path: Path, command: str, result: dict[str, Any]) -> None:
-    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     g = result["g2g_ms"]
     drops = ", ".join(f"{k} {v}" for k, v in (result.get("dropped") or {}).items() if v) or "0"
     lines = [
-        f"\n### g2g: `{command}` ({when})\n",
+        f"\n### g2g: `{command}` ({report.utc_timestamp()})\n",
         f"Machine: {result['machine']}; load average {result['load_avg_1min']} at the end. "
         f"Publisher -> RTMP -> App -> WHEP -> {VIEWERS[result['viewer']]}, all on loopback.\n",
-        "| engine | input | output | viewer | frames recv (fps) | unreadable | g2g ms p50 | p95 | p99 | max "
-        "| server total p50/p95 ms | dropped |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        report.table_header([
+            "engine", "input", "output", "viewer", "frames recv (fps)", "unreadable", "g2g ms p50", "p95",
+            "p99", "max", "server total p50/p95 ms", "dropped",
+        ]),
     ]
     server = result.get("server_total_ms") or {}
     cells = [
@@ -291,11 +291,8 @@ def _append_markdown(path: Path, command: str, result: dict[str, Any]) -> None:
         f"{result['frames_received']} ({result['fps_received']})", result["frames_unreadable"],
         g["p50"], g["p95"], g["p99"], g["max"], f"{server.get('p50', '-')} / {server.get('p95', '-')}", drops,
     ]
-    lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    if not path.exists():
-        lines.insert(0, "# Benchmarks\n")
-    with path.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    lines.append(report.table_row(cells))
+    report.append_section(path, lines)
 
 
 def main(argv: list[str]) -> int:
@@ -312,7 +309,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--viewer", choices=("aiortc", "chromium"), default="aiortc",
                         help="aiortc: latency to decoded; chromium: the web viewer's ?probe=1, to displayed")
     parser.add_argument("--connect-timeout-s", type=float, default=30.0)
-    parser.add_argument("--markdown", type=Path, default=Path("BENCHMARKS.md"),
+    parser.add_argument("--markdown", type=Path, default=Path(report.BENCHMARKS_MD),
                         help="file the run is appended to")
     parser.add_argument("--no-markdown", action="store_true")
     parser.add_argument("--dump-unreadable", type=Path, default=None, metavar="DIR",

@@ -28,6 +28,7 @@ from pathlib import Path
 import aiohttp
 
 from livevsr.app import restrict_ice_addresses
+from livevsr.bench import report
 from livevsr.testing.publisher import publish
 from livevsr.testing.whep_client import WhepClient
 
@@ -265,7 +266,7 @@ async def _run_against(
     }  # fmt: skip
 
 
-def _markdown(result: dict, command: str) -> str:
+def _markdown(result: dict, command: str) -> list[str]:
     s, c = result["steady"], result["churn"]
     rows = [
         f"\n### Soak, {time.strftime('%Y-%m-%d')}: `{command}`\n",
@@ -288,9 +289,8 @@ def _markdown(result: dict, command: str) -> str:
         "| t (s) | RSS (MB) | open fds |",
         "|---|---|---|",
         *[f"| {x['t_s']} | {x['rss_mb']} | {x['fds']} |" for x in result["samples"]],
-        "",
     ]
-    return "\n".join(rows)
+    return rows
 
 
 def main(argv: list[str]) -> int:
@@ -299,15 +299,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size", default="640x360", help="publisher size WxH (even numbers)")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--policy", choices=("drop", "block"), default="drop")
-    parser.add_argument("--out", default="BENCHMARKS.md", help="append the table here ('' to skip)")
+    parser.add_argument("--out", default=report.BENCHMARKS_MD, help="append the table here ('' to skip)")
     args = parser.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
     result = asyncio.run(run(args.minutes, (w, h), args.fps, args.policy))
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}))
     if args.out:
         command = "livevsr bench soak " + " ".join(argv)
-        with Path(args.out).open("a") as f:
-            f.write(_markdown(result, command.strip()))
+        report.append_section(args.out, _markdown(result, command.strip()), title=False)
     ok = (
         result["steady"]["unexplained_loss"] == 0
         and result["server_exit_code_on_sigterm"] == 0
