@@ -70,3 +70,18 @@ def test_serve_with_a_bad_config_names_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "encoder.bitrate: unknown key" in result.stderr
+
+
+def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
+    """An operator pressing Ctrl-C twice does not wait for the drain."""
+    proc, _ = start(tmp_path)
+    try:
+        # Two different signals: the kernel would merge two pending SIGTERMs into one.
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out
+    assert "second signal: exiting now" in out
