@@ -19,6 +19,7 @@ BENCHES = {
     "engine": "livevsr.bench.engine",  # FlashVSR per-step time and memory (GPU)
     "e2e": "livevsr.bench.e2e",  # the whole FlashVSR step at a given size (GPU)
     "soak": "livevsr.bench.soak",  # publishers, viewers and garbage for minutes (CPU, bicubic)
+    "audio": "livevsr.bench.audio",  # the WHEP audio transcode's cost per stream (CPU)
 }
 
 
