@@ -1,10 +1,11 @@
 """``livevsr bench soak``: hours-of-traffic in minutes, on loopback, with the bicubic engine.
 
 The server runs as its own ``livevsr serve`` process, so its RSS and fds are measured apart from
-the clients. Two RTMP publishers (one steady, one reconnecting every 20 s and changing resolution once), WHEP
-viewers joining and leaving every few seconds (one of them reading slowly), and a client throwing
-garbage at the RTMP port. Reports frames per stream, drops by cause, RSS and open file descriptors
-over time, event-loop lag, and whether the steady stream lost frames other than by policy.
+the clients. Two RTMP publishers with AAC audio (one steady, one reconnecting every 20 s and changing
+resolution once), WHEP viewers with audio joining and leaving every few seconds (one of them reading
+slowly), and a client throwing garbage at the RTMP port. Reports frames per stream, drops by cause,
+audio received, RSS and open file descriptors over time, event-loop lag, and whether the steady
+stream lost frames other than by policy.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _open_fds() -> int:
 
 
 async def _steady_publisher(url: str, size: tuple[int, int], fps: float, seconds: float) -> int:
-    return await asyncio.to_thread(publish, url, size[0], size[1], fps, int(seconds * fps))
+    return await asyncio.to_thread(publish, url, size[0], size[1], fps, int(seconds * fps), audio=True)
 
 
 async def _churning_publisher(url: str, size: tuple[int, int], fps: float, until: float, log: list) -> int:
@@ -58,7 +59,7 @@ async def _churning_publisher(url: str, size: tuple[int, int], fps: float, until
         w, h = size if session != 1 else (size[0] * 3 // 4 // 2 * 2, size[1] * 3 // 4 // 2 * 2)
         seconds = min(RECONNECT_EVERY_S, until - time.monotonic())
         try:
-            sent += await asyncio.to_thread(publish, url, w, h, fps, max(1, int(seconds * fps)))
+            sent += await asyncio.to_thread(publish, url, w, h, fps, max(1, int(seconds * fps)), audio=True)
         except Exception as exc:  # noqa: BLE001 - report and go on, like OBS retrying
             log.append(f"churn publisher session {session}: {exc}")
         session += 1
@@ -70,12 +71,13 @@ async def _viewer_churn(base: str, names: list[str], until: float, stats: dict) 
     while time.monotonic() < until:
         name = rng.choice(names)
         try:
-            async with WhepClient(f"{base}/whep/{name}") as viewer:
+            async with WhepClient(f"{base}/whep/{name}", audio=True) as viewer:
                 stats["joins"] += 1
                 stop = time.monotonic() + rng.uniform(2, 5)
                 while time.monotonic() < stop:
                     await viewer.recv(timeout=5)
                     stats["frames"] += 1
+                stats["audio_s"] += viewer.audio_samples / 48000
         except Exception as exc:  # noqa: BLE001
             stats["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
         await asyncio.sleep(rng.uniform(0.5, 2))
@@ -83,10 +85,11 @@ async def _viewer_churn(base: str, names: list[str], until: float, stats: dict) 
 
 async def _slow_viewer(base: str, name: str, until: float, stats: dict) -> None:
     try:
-        async with WhepClient(f"{base}/whep/{name}") as viewer:
+        async with WhepClient(f"{base}/whep/{name}", audio=True) as viewer:
             while time.monotonic() < until:
                 await viewer.recv(timeout=10)
                 stats["frames"] += 1
+                stats["audio_s"] = viewer.audio_samples / 48000
                 await asyncio.sleep(0.2)  # reads 5 fps of a 30 fps stream
     except Exception as exc:  # noqa: BLE001
         stats["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
@@ -220,8 +223,8 @@ async def _run_against(
     seconds = minutes * 60
     until = time.monotonic() + seconds
     notes: list[str] = []
-    viewers = {"joins": 0, "frames": 0, "errors": []}
-    slow = {"frames": 0, "errors": []}
+    viewers = {"joins": 0, "frames": 0, "audio_s": 0.0, "errors": []}
+    slow = {"frames": 0, "audio_s": 0.0, "errors": []}
     fuzz = {"connections": 0, "refused": 0}
     samples: list[dict] = []
     tasks = [
@@ -255,8 +258,9 @@ async def _run_against(
         "steady": {"published": steady_sent, **steady, "unexplained_loss": unexplained},
         "churn": {"published": churn_sent, **streams["churn"]["frames"]},
         "viewers": {"joins": viewers["joins"], "frames": viewers["frames"], "errors": len(viewers["errors"]),
-                    "first_errors": viewers["errors"][:3]},
-        "slow_viewer": {"frames": slow["frames"], "errors": slow["errors"][:3]},
+                    "audio_s": round(viewers["audio_s"], 1), "first_errors": viewers["errors"][:3]},
+        "slow_viewer": {"frames": slow["frames"], "audio_s": round(slow["audio_s"], 1),
+                        "errors": slow["errors"][:3]},
         "fuzz": fuzz,
         "event_loop_lag_ms": lag,
         "growth_after_first_minute_pct": growth,
@@ -280,7 +284,8 @@ def _markdown(result: dict, command: str) -> list[str]:
         f"{c['received']} | {c['encoded']} | {c['dropped'] or '{}'} | - |",
         "",
         f"Viewers: {result['viewers']['joins']} joins, {result['viewers']['frames']} frames, "
-        f"{result['viewers']['errors']} errors; slow viewer {result['slow_viewer']['frames']} frames. "
+        f"{result['viewers']['audio_s']} s of audio, {result['viewers']['errors']} errors; slow viewer "
+        f"{result['slow_viewer']['frames']} frames, {result['slow_viewer']['audio_s']} s of audio. "
         f"Fuzz client: {result['fuzz']['connections']} connections. "
         f"Event-loop lag (ms): {result['event_loop_lag_ms']}. "
         f"Growth after the first minute: {result['growth_after_first_minute_pct']} (%). "

@@ -37,6 +37,7 @@ class WhepClient:
         self.max_buffered_frames = max_buffered_frames
         self.audio = audio
         self.audio_frames: collections.deque[tuple[float, av.AudioFrame]] = collections.deque(maxlen=3000)
+        self.audio_samples = 0  # every decoded audio sample, also those the deque let go
         self._audio_pump: asyncio.Task | None = None
         self.dropped = 0
         self._frames: asyncio.Queue[av.VideoFrame | None] = asyncio.Queue()
@@ -103,6 +104,7 @@ class WhepClient:
             except MediaStreamError:
                 return
             self.audio_frames.append((time.monotonic(), frame))
+            self.audio_samples += frame.samples
 
     async def recv(self, timeout: float = 10.0) -> av.VideoFrame:
         await asyncio.wait_for(asyncio.shield(self._track), timeout)
