@@ -14,7 +14,6 @@ keeps audio and video within a jitter buffer's difference of each other.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import hmac
 import logging
 import time
@@ -26,6 +25,7 @@ import av
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from livevsr.audio import FrameEncoder
 from livevsr.errors import IngestError
 from livevsr.ingest.base import AudioPacket
 from livevsr.sdp import OfferError, offered_video_codecs
@@ -102,41 +102,22 @@ class AacEncoder:
     """Decoded audio frames (any format) in, raw AAC frames with their pts in ms out."""
 
     def __init__(self, sample_rate: int = AAC_SAMPLE_RATE) -> None:
-        ctx = av.CodecContext.create("aac", "w")
-        ctx.sample_rate = sample_rate
-        ctx.layout = "stereo"
-        ctx.format = "fltp"
-        ctx.bit_rate = AAC_BITRATE_BPS
-        ctx.time_base = fractions.Fraction(1, sample_rate)
-        ctx.open()
-        self._ctx = ctx
-        self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=sample_rate)
-        self._fifo = av.AudioFifo()
-        self._samples = 0  # samples handed to the encoder
+        self._encoder = FrameEncoder("aac", sample_rate, "fltp", AAC_BITRATE_BPS)
         self._start_ms = 0  # pts of the first frame; output pts count samples from there
         self.sample_rate = sample_rate
 
     @property
     def extradata(self) -> bytes:
-        return bytes(self._ctx.extradata or b"")
+        return self._encoder.extradata
 
     def encode(self, frame: av.AudioFrame, pts_ms: int) -> list[tuple[bytes, int]]:
         """``pts_ms`` is the frame's time; output pts count samples from the first (gaps are closed up)."""
-        if self._samples == 0 and self._fifo.samples == 0:
+        if self._encoder.samples == 0 and self._encoder.buffered == 0:
             self._start_ms = pts_ms
-        out: list[tuple[bytes, int]] = []
-        for f in self._resampler.resample(frame):
-            f.pts = None
-            self._fifo.write(f)
-        size = self._ctx.frame_size
-        while self._fifo.samples >= size:
-            chunk = self._fifo.read(size)
-            chunk.pts = self._samples
-            chunk.time_base = self._ctx.time_base
-            self._samples += size
-            for p in self._ctx.encode(chunk):
-                out.append((bytes(p), self._start_ms + round(p.pts * 1000 / self.sample_rate)))
-        return out
+        return [
+            (bytes(p), self._start_ms + round(p.pts * 1000 / self.sample_rate))
+            for p in self._encoder.encode(frame)
+        ]
 
 
 @dataclass

@@ -17,7 +17,7 @@ import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from livevsr.pipeline.fanout import Subscriber
+from livevsr.pipeline.fanout import EncodedFrame, Subscriber
 from livevsr.pipeline.stream import Stream
 from livevsr.sdp import OfferError, offered_codecs, offered_video_codecs
 
@@ -38,41 +38,44 @@ def wants_audio(sdp: str) -> bool:
     return "OPUS" in (offered_codecs(sdp, "audio") or set())
 
 
-class AudioPacketTrack(MediaStreamTrack):
-    """An audio track whose ``recv`` returns the stream's Opus ``av.Packet``s."""
-
-    kind = "audio"
+class _SubscriberTrack(MediaStreamTrack):
+    """A track whose ``recv`` hands aiortc encoded ``av.Packet``s from a stream subscriber."""
 
     def __init__(self, subscriber: Subscriber) -> None:
         super().__init__()
         self._subscriber = subscriber
 
-    async def recv(self) -> av.Packet:
+    async def _next(self) -> EncodedFrame:
         item = await self._subscriber.recv()
-        if item is None:
+        if item is None:  # the subscription ended (viewer left, server stopping)
             self.stop()
             raise MediaStreamError
-        return item.packet
+        return item
 
 
-class PacketTrack(MediaStreamTrack):
-    """A video track whose ``recv`` returns encoded ``av.Packet``s from a stream subscriber."""
+class AudioPacketTrack(_SubscriberTrack):
+    """The stream's Opus audio."""
+
+    kind = "audio"
+
+    async def recv(self) -> av.Packet:
+        return (await self._next()).packet
+
+
+class PacketTrack(_SubscriberTrack):
+    """One video rendition; the first viewer to send a frame closes that frame's end-to-end latency."""
 
     kind = "video"
 
     def __init__(self, stream: Stream, subscriber: Subscriber) -> None:
-        super().__init__()
+        super().__init__(subscriber)
         self._stream = stream
-        self._subscriber = subscriber
 
     async def recv(self) -> av.Packet:
-        item = await self._subscriber.recv()
-        if item is None:
-            self.stop()
-            raise MediaStreamError
+        item = await self._next()
         timing = item.timing
         if timing is not None and "sent" not in timing.marks:
-            timing.mark("sent")  # the first viewer to send this frame closes its end-to-end latency
+            timing.mark("sent")
             self._stream.record_stages(timing, ("send", "total"))
         return item.packet
 

@@ -18,6 +18,7 @@ import logging
 
 import av
 
+from livevsr.audio import FrameEncoder
 from livevsr.ingest.base import AudioPacket
 from livevsr.pipeline.avsync import AudioClock
 from livevsr.pipeline.fanout import Broadcaster, EncodedFrame
@@ -40,45 +41,20 @@ class OpusTranscoder:
             self._decoder.extradata = extradata
         self._decoder.sample_rate = sample_rate
         self._decoder.layout = "stereo" if channels >= 2 else "mono"
-        self._encoder = self._open_encoder()
-        self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=OPUS_RATE)
-        self._fifo = av.AudioFifo()
+        self._encoder = FrameEncoder("libopus", OPUS_RATE, "s16", OPUS_BITRATE_BPS)
         self._anchor_90k: int | None = None  # pts of the first sample counted
-        self._samples = 0  # samples counted since the anchor (in the fifo or encoded)
-
-    @staticmethod
-    def _open_encoder() -> av.AudioCodecContext:
-        encoder = av.CodecContext.create("libopus", "w")
-        encoder.sample_rate = OPUS_RATE
-        encoder.layout = "stereo"
-        encoder.format = "s16"
-        encoder.bit_rate = OPUS_BITRATE_BPS
-        encoder.time_base = fractions.Fraction(1, OPUS_RATE)
-        encoder.open()
-        return encoder
 
     def transcode(self, data: bytes, pts_90k: int) -> list[av.Packet]:
         """Opus packets stamped on the 90 kHz clock; gaps or jumps in the input restart the count."""
         out: list[av.Packet] = []
-        next_90k = None if self._anchor_90k is None else self._anchor_90k + self._samples * 90000 // OPUS_RATE
+        counted = self._encoder.samples + self._encoder.buffered
+        next_90k = None if self._anchor_90k is None else self._anchor_90k + counted * 90000 // OPUS_RATE
         if next_90k is None or abs(pts_90k - next_90k) > RESYNC_GAP_90K:
             if self._anchor_90k is not None:
-                # The encoder holds a frame back: finish the old timeline with it, then start anew.
-                out += self._stamp(self._encoder.encode(None))
-                self._encoder = self._open_encoder()
-            self._fifo = av.AudioFifo()  # a few ms of leftover samples belong to the old timeline
-            self._anchor_90k, self._samples = pts_90k, 0
+                out += self._stamp(self._encoder.restart())  # the old timeline's last frame
+            self._anchor_90k = pts_90k
         for frame in self._decoder.decode(av.Packet(data)):
-            for resampled in self._resampler.resample(frame):
-                resampled.pts = None
-                self._fifo.write(resampled)
-        size = self._encoder.frame_size
-        while self._fifo.samples >= size:
-            chunk = self._fifo.read(size)
-            chunk.pts = self._samples
-            chunk.time_base = self._encoder.time_base
-            self._samples += size
-            out += self._stamp(self._encoder.encode(chunk))
+            out += self._stamp(self._encoder.encode(frame))
         return out
 
     def _stamp(self, packets: list[av.Packet]) -> list[av.Packet]:
