@@ -37,10 +37,24 @@ class PatternTrack(VideoStreamTrack):
         return frame
 
 
+class ToneTrack(AudioStreamTrack):
+    """A 440 Hz tone in 20 ms frames, paced like a microphone (aiortc's own track is silence)."""
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await super().recv()  # silence with the right pts, on the wall clock
+        t = (np.arange(frame.samples) + frame.pts) / frame.sample_rate
+        tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+        out = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="s16", layout="mono")
+        out.pts, out.sample_rate, out.time_base = frame.pts, frame.sample_rate, frame.time_base
+        return out
+
+
 class WhipPublisher:
     """A WHIP client: what OBS does, with aiortc (H.264 forced, as OBS offers only its encoder's codec)."""
 
-    def __init__(self, url: str, token: str | None, audio: bool = True, codecs: tuple = ("video/H264",)):
+    def __init__(
+        self, url: str, token: str | None, audio: bool = True, codecs: tuple = ("video/H264",), tone: bool = False
+    ):
         self.url = url
         self.token = token
         self.pc = RTCPeerConnection()
@@ -49,7 +63,7 @@ class WhipPublisher:
             [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in codecs]
         )
         if audio:
-            self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+            self.pc.addTransceiver(ToneTrack() if tone else AudioStreamTrack(), direction="sendonly")
         self.http = aiohttp.ClientSession()
         self.location: str | None = None
 
@@ -222,3 +236,20 @@ async def test_whip_audio_reaches_a_recording_in_sync(tmp_path: Path) -> None:
     # Both tracks start together (within a jitter buffer) and cover the same span.
     assert abs(audio[0].time - video[0].time) < 0.3
     assert abs(audio[-1].time - video[-1].time) < 0.3
+
+
+async def test_whip_audio_plays_to_a_whep_viewer(app: App) -> None:
+    """OBS's Opus in, through AAC, out as Opus to a browser-like viewer: still the publisher's tone."""
+    from tests.publish.test_whep_audio import dominant_hz
+
+    publisher = WhipPublisher(f"http://127.0.0.1:{app.http_port}/whip/main", "k-main", tone=True)
+    try:
+        async with WhepClient(f"http://127.0.0.1:{app.http_port}/whep/main", audio=True) as viewer:
+            assert (await publisher.post())[0] == 201
+            assert (await viewer.recv(timeout=15)).width == 4 * WIDTH
+            await wait_for(lambda: viewer.audio_samples >= 48000 * 2)  # two seconds heard
+            frames = [f for _, f in viewer.audio_frames]
+    finally:
+        await publisher.close()
+    samples = np.concatenate([f.to_ndarray().reshape(-1)[:: len(f.layout.channels)] for f in frames])
+    assert abs(dominant_hz(samples[48000 // 2 :].astype(np.float64), 48000) - 440) < 5
