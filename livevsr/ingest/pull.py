@@ -44,7 +44,7 @@ class Sink(Protocol):
 
 
 class Authority(Protocol):
-    def open_publish(self, key: str, source: str) -> Any: ...
+    def open_publish(self, key: str, source: str, *, pull: bool = False) -> Any: ...
 
 
 def adts_to_raw(data: bytes) -> tuple[bytes, bytes, int, int] | None:
@@ -94,7 +94,7 @@ class PullSource:
 
     def _open_session(self) -> Sink:
         async def open_publish() -> Sink:
-            return self._authority.open_publish(self._key, f"pull {self.masked}")
+            return self._authority.open_publish(self._key, f"pull {self.masked}", pull=True)
 
         return asyncio.run_coroutine_threadsafe(open_publish(), self._loop).result(timeout=10)
 

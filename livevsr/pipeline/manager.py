@@ -29,6 +29,7 @@ class StreamManager:
         self.engine_choice = engine_choice
         self.streams: dict[str, Stream] = {}
         self._by_key: dict[str, Stream] = {}
+        self._pulled = {sc.name for sc in config.streams if sc.pull}  # fed by their URL, not publishers
         for sc in config.streams:
             engine_config, choice = config.engine, engine_choice
             if sc.engine:  # a per-stream engine overrides engine.name
@@ -52,12 +53,18 @@ class StreamManager:
         device = self.config.engine.flashvsr.device
         return "cuda:0" if device == "cuda" else device
 
-    def open_publish(self, key: str, source: str) -> PublishSession:
+    def open_publish(self, key: str, source: str, *, pull: bool = False) -> PublishSession:
+        """``pull``: the stream's own pull source is opening it (the only way into a pulled stream)."""
         if not self.accepting:
             raise IngestError("server is shutting down")
         stream = self._by_key.get(key)
         if stream is None:
             raise IngestError("unknown stream key")
+        if stream.name in self._pulled and not pull:
+            # Otherwise the publisher and the pull would keep replacing each other.
+            raise IngestError(
+                f"stream {stream.name} pulls its input from a URL (streams[].pull); publish to another stream"
+            )
         device = self.device(stream)
         # Refuse what the device cannot also carry, instead of slowing every stream on it down.
         refusal = self.load.refusal(device, stream.name, self.config.pipeline.max_engine_load)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fractions
 import logging
@@ -135,6 +136,31 @@ async def test_unreachable_url_retries_quietly_and_stops_promptly(
     finally:
         await app.stop()
     assert not app.pulls[0]._thread.is_alive()
+
+
+async def test_a_pulled_stream_refuses_publishers_and_keeps_pulling(tmp_path: Path) -> None:
+    """A publisher with a pulled stream's key would keep replacing the pull (and back): refused."""
+    from livevsr.errors import IngestError
+    from livevsr.testing.publisher import publish
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, "mp4")
+    app, _ = await pulling_app(str(clip))
+    try:
+        stream = app.manager.streams["main"]
+        await wait_for(lambda: stream.state == "live")
+        pulled = stream.session
+        with pytest.raises(IngestError, match=r"stream main pulls its input from a URL \(streams\[\]\.pull\)"):
+            app.manager.open_publish("k-main", "test")
+        with pytest.raises(OSError):  # a real RTMP publisher is refused at its publish command
+            await asyncio.to_thread(
+                publish, f"rtmp://127.0.0.1:{app.rtmp_port}/live/k-main", 64, 48, 30, 15, realtime=False
+            )
+        assert stream.session is pulled and not pulled.closed
+        # Other streams still take publishers.
+        app.manager.open_publish("k-second", "test").close("done")
+    finally:
+        await app.stop()
 
 
 def test_adts_header_becomes_an_audio_specific_config() -> None:
