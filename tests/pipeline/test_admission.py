@@ -8,6 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import aiohttp
 import av
 import pytest
 
@@ -132,6 +133,13 @@ async def test_a_publish_is_refused_while_the_device_is_busy_and_admitted_after(
         main.engine_factory = slow_engine(0.025)  # 75 % of the device at 30 fps
         busy = asyncio.create_task(asyncio.to_thread(publish, rtmp_url(app, "k-main"), 64, 48, 30, 240))
         await wait_for(lambda: (main.engine_load or 0) > 0.6)
+        async with aiohttp.ClientSession() as http:  # what operators and the viewer see
+            async with http.get(f"http://127.0.0.1:{app.http_port}/api/streams") as resp:
+                api = {s["name"]: s for s in (await resp.json())["streams"]}
+            async with http.get(f"http://127.0.0.1:{app.http_port}/metrics") as resp:
+                metrics = await resp.text()
+        assert api["main"]["engine"]["load"] > 0.5 and api["second"]["engine"]["load"] is None
+        assert 'livevsr_engine_load{stream="main"}' in metrics
         with pytest.raises(IngestError, match=r"cpu is busy: measured engine load \d+% \(main \d+%( starting)?\)"):
             app.manager.open_publish("k-second", "test")
         # A real RTMP publisher is turned away at its publish command.
