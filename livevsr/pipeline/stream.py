@@ -8,6 +8,7 @@ viewers across publisher reconnects and resolution changes, and its stats are wh
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import logging
 import queue
@@ -37,6 +38,24 @@ ENGINE_QUEUE_FRAMES = 8  # upscaled frames waiting for the encoder; backpressure
 PIPELINE_STAGES = ("decode", "queue", "engine", "encode")
 FPS_SAMPLE_PACKETS = 8
 BACKLOG_HIGH_WATER = BACKLOG_PACKETS // 2  # block policy: pause the publisher above this many packets
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """Give the heap's free pages back to the OS. A session frees hundreds of MB of frames and
+    encoder buffers in the worker threads' malloc arenas, which glibc otherwise keeps: the soak's
+    server stayed ~400 MB above its start after every stream had ended."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class SessionOutput(Protocol):
@@ -386,6 +405,7 @@ class PublishSession:
             out.close()
         self.stream.sessions_running.discard(self)
         self._release()
+        await asyncio.to_thread(return_freed_memory)
         log.debug("[%s] session threads joined in %.2fs", self.name, time.monotonic() - t0)
 
     def _release(self) -> None:
