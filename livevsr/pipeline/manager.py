@@ -77,13 +77,19 @@ class StreamManager:
     async def _sample_load(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            for session, reason in self.load.sample():
-                if self.config.pipeline.max_engine_load > 0:
-                    session.refuse(reason)  # type: ignore[attr-defined]
-            for name, stream in self.streams.items():
-                load = self.load.stream_load(name)
-                stream.engine_load = load
-                self.metrics.engine_load.labels(name).set(load or 0.0)
+            try:
+                self._apply_load_sample()
+            except Exception:  # a bug here must not stop admission control for the process's life
+                log.exception("engine load sampling failed")
+
+    def _apply_load_sample(self) -> None:
+        for session, reason in self.load.sample():
+            if self.config.pipeline.max_engine_load > 0:
+                session.refuse(reason)  # type: ignore[attr-defined]
+        for name, stream in self.streams.items():
+            load = self.load.stream_load(name)
+            stream.engine_load = load
+            self.metrics.engine_load.labels(name).set(load or 0.0)
 
     def get(self, name: str) -> Stream | None:
         return self.streams.get(name)
