@@ -6,7 +6,9 @@ the device's capacity. A GPU runs one stream's kernels at a time, so its capacit
 is its core count (each engine worker is one thread).
 
 Two rules keep the streams already running at full rate:
-- a publish is refused while its device's load is above ``pipeline.max_engine_load``;
+- a publish is refused while its device's load is above ``pipeline.max_engine_load``; on the CPU
+  also while the whole process (encoders, decoders, viewers: on a box without a GPU the x264
+  encoders cost far more than bicubic) uses more than that share of the cores;
 - a stream admitted into a device that then stays overloaded (load above capacity for a few
   seconds) is ended with the reason, if it is the newest on the device and still on probation.
 A session too young to be measured reserves ``STARTING_LOAD`` of its device meanwhile.
@@ -50,11 +52,20 @@ class _Tracked:
 class LoadMonitor:
     """Call ``sample`` about once a second (on the event loop)."""
 
-    def __init__(self, capacity: dict[str, float], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        capacity: dict[str, float],
+        clock: Callable[[], float] = time.monotonic,
+        cpu_seconds: Callable[[], float] | None = None,
+    ) -> None:
+        """``cpu_seconds``: the process's CPU time so far (``time.process_time``), or None."""
         self.capacity = capacity  # device -> units; a device not listed (a GPU) has 1
         self._clock = clock
         self._tracked: list[_Tracked] = []
         self._over: dict[str, int] = {}  # device -> consecutive overloaded samples
+        self._cpu_seconds = cpu_seconds
+        self._cpu_mark = (clock(), cpu_seconds()) if cpu_seconds is not None else (0.0, 0.0)
+        self.process_cpu: float | None = None  # smoothed share of all cores the process uses
 
     def track(self, session: MeasuredSession, device: str, engine: str) -> None:
         now = self._clock()
@@ -63,6 +74,7 @@ class LoadMonitor:
     def sample(self) -> list[tuple[MeasuredSession, str]]:
         """Update every session's load; returns (session, reason) for sessions to end."""
         now = self._clock()
+        self._sample_process_cpu(now)
         self._tracked = [t for t in self._tracked if not t.session.closed]
         for t in self._tracked:
             busy, dt = t.session.engine_busy_s, now - t.sampled_at
@@ -87,6 +99,17 @@ class LoadMonitor:
                     f"capacity since it started; the streams already running keep their frame rate"
                 )))  # fmt: skip
         return evict
+
+    def _sample_process_cpu(self, now: float) -> None:
+        if self._cpu_seconds is None:
+            return
+        used, (then, used_then) = self._cpu_seconds(), self._cpu_mark
+        if now <= then:
+            return
+        share = max(0.0, used - used_then) / (now - then) / self.capacity.get("cpu", 1.0)
+        last = self.process_cpu
+        self.process_cpu = share if last is None else SMOOTHING * share + (1 - SMOOTHING) * last
+        self._cpu_mark = (now, used)
 
     def stream_load(self, name: str) -> float | None:
         """The smoothed load of stream ``name``'s running session (fraction of one device unit)."""
@@ -116,10 +139,18 @@ class LoadMonitor:
         if limit <= 0:
             return None
         load, shares = self.device_load(device, exclude=stream)
-        if load < limit:
-            return None
-        listed = ", ".join(f"{name} {share}" for name, share in sorted(shares.items()))
-        return (
-            f"{device} is busy: measured engine load {load:.0%} ({listed}) is above "
-            f"pipeline.max_engine_load {limit:.0%}; try again when a stream ends"
-        )
+        if load >= limit:
+            listed = ", ".join(f"{name} {share}" for name, share in sorted(shares.items()))
+            return (
+                f"{device} is busy: measured engine load {load:.0%} ({listed}) is above "
+                f"pipeline.max_engine_load {limit:.0%}; try again when a stream ends"
+            )
+        reconnect = any(t.session.name == stream for t in self._tracked)  # its own load is about to go
+        cpu = self.process_cpu
+        if device == "cpu" and cpu is not None and cpu >= limit and not reconnect:
+            return (
+                f"the CPU is busy: this server uses {cpu:.0%} of {self.capacity.get('cpu', 1.0):g} cores "
+                f"(engines, encoders, viewers), above pipeline.max_engine_load {limit:.0%}; "
+                "try again when a stream ends"
+            )
+        return None

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import logging
 import os
+import time
 
 from livevsr.config import Config
 from livevsr.engines.registry import EngineChoice, choose_engine, create_engine
@@ -42,7 +43,7 @@ class StreamManager:
             self.streams[sc.name] = stream
             self._by_key[sc.key] = stream
         self.metrics = metrics
-        self.load = LoadMonitor(capacity={"cpu": float(os.cpu_count() or 1)})
+        self.load = LoadMonitor(capacity={"cpu": float(os.cpu_count() or 1)}, cpu_seconds=time.process_time)
         self._sampler = loop.create_task(self._sample_load())
         self.accepting = True
 

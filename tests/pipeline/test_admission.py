@@ -100,6 +100,26 @@ def test_the_newest_stream_is_ended_when_it_overloads_the_device() -> None:
     assert run(alone, clock2, {solo: 1.5}, 20) == []
 
 
+def test_a_cpu_box_refuses_when_the_whole_process_is_busy() -> None:
+    """Without a GPU the encoders cost more than bicubic: the process's own CPU time counts too."""
+    clock = Clock()
+    cpu = {"used": 0.0}
+    monitor = LoadMonitor({"cpu": 2.0}, clock, cpu_seconds=lambda: cpu["used"])
+    a = Measured("a")
+    monitor.track(a, "cpu", "bicubic")
+    for _ in range(10):  # bicubic computes 10 % of the time, x264 and the rest keep 1.8 cores busy
+        clock.now += 1.0
+        a.engine_busy_s += 0.1
+        cpu["used"] += 1.8
+        monitor.sample()
+    assert monitor.process_cpu == pytest.approx(0.9)
+    reason = monitor.refusal("cpu", "b", 0.85)
+    assert reason is not None and "the CPU is busy: this server uses 90% of 2 cores" in reason
+    assert monitor.refusal("cpu", "a", 0.85) is None  # a reconnect frees what it is counted for
+    assert monitor.refusal("cuda:0", "b", 0.85) is None  # a GPU stream does not need those cores
+    assert monitor.refusal("cpu", "b", 0.95) is None
+
+
 # -- the real server: RTMP publishers, engines that take real time ---------------------------------
 
 
