@@ -28,6 +28,7 @@ STARTING_S = 5.0  # engine warm-up (weights to the GPU, first chunks): no trustw
 STARTING_LOAD = {"flashvsr": 1.0}
 OVERLOAD_SAMPLES = 3  # consecutive samples above capacity before the newest stream is ended
 PROBATION_S = 60.0  # how long after its start a stream can still be ended for overloading
+RECONNECT_GRACE_S = 15.0  # a stream back this soon is a reconnect: its past load is its own
 
 
 class MeasuredSession(Protocol):
@@ -66,6 +67,7 @@ class LoadMonitor:
         self._cpu_seconds = cpu_seconds
         self._cpu_mark = (clock(), cpu_seconds()) if cpu_seconds is not None else (0.0, 0.0)
         self.process_cpu: float | None = None  # smoothed share of all cores the process uses
+        self._ended: dict[str, float] = {}  # stream -> when its last tracked session ended
 
     def track(self, session: MeasuredSession, device: str, engine: str) -> None:
         now = self._clock()
@@ -75,6 +77,9 @@ class LoadMonitor:
         """Update every session's load; returns (session, reason) for sessions to end."""
         now = self._clock()
         self._sample_process_cpu(now)
+        for t in self._tracked:
+            if t.session.closed:
+                self._ended[t.session.name] = now
         self._tracked = [t for t in self._tracked if not t.session.closed]
         for t in self._tracked:
             busy, dt = t.session.engine_busy_s, now - t.sampled_at
@@ -145,7 +150,11 @@ class LoadMonitor:
                 f"{device} is busy: measured engine load {load:.0%} ({listed}) is above "
                 f"pipeline.max_engine_load {limit:.0%}; try again when a stream ends"
             )
-        reconnect = any(t.session.name == stream for t in self._tracked)  # its own load is about to go
+        # A reconnect's (smoothed) past CPU time is its own, about to go or just gone.
+        ended = self._ended.get(stream)
+        reconnect = any(t.session.name == stream for t in self._tracked) or (
+            ended is not None and self._clock() - ended < RECONNECT_GRACE_S
+        )
         cpu = self.process_cpu
         if device == "cpu" and cpu is not None and cpu >= limit and not reconnect:
             return (

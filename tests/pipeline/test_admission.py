@@ -116,6 +116,15 @@ def test_a_cpu_box_refuses_when_the_whole_process_is_busy() -> None:
     reason = monitor.refusal("cpu", "b", 0.85)
     assert reason is not None and "the CPU is busy: this server uses 90% of 2 cores" in reason
     assert monitor.refusal("cpu", "a", 0.85) is None  # a reconnect frees what it is counted for
+    a.closed = True  # the publisher dropped and is back 5 s later; other work keeps the CPU busy
+    clock.now += 5.0
+    cpu["used"] += 5 * 1.8
+    monitor.sample()
+    assert monitor.refusal("cpu", "a", 0.85) is None
+    clock.now += 20.0  # much later it is a new publish like any other
+    cpu["used"] += 20 * 1.8
+    monitor.sample()
+    assert monitor.refusal("cpu", "a", 0.85) is not None
     assert monitor.refusal("cuda:0", "b", 0.85) is None  # a GPU stream does not need those cores
     assert monitor.refusal("cpu", "b", 0.95) is None
 
