@@ -25,10 +25,11 @@ aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
 def loopback_config(**overrides: object) -> Config:
-    """Ephemeral loopback ports, bicubic, two streams. The latency budget is off so tests that count
-    frames are exact on a loaded machine; tests of the budget turn it on themselves."""
+    """Ephemeral loopback ports, bicubic, two streams. The latency budget and admission control are
+    off so tests that count frames or start two streams do not depend on how busy the machine is;
+    the tests of those features turn them on themselves."""
     base = Config(
-        pipeline=PipelineConfig(max_queue_ms=0),
+        pipeline=PipelineConfig(max_queue_ms=0, max_engine_load=0),
         rtmp=RTMPConfig(listen="127.0.0.1:0"),
         http=HTTPConfig(listen="127.0.0.1:0"),
         webrtc=WebRTCConfig(ice_host_addresses=["127.0.0.1"]),

@@ -7,8 +7,8 @@ is its core count (each engine worker is one thread).
 
 Two rules keep the streams already running at full rate:
 - a publish is refused while its device's load is above ``pipeline.max_engine_load``; on the CPU
-  also while the whole process (encoders, decoders, viewers: on a box without a GPU the x264
-  encoders cost far more than bicubic) uses more than that share of the cores;
+  also while the machine's CPUs are busier than that (the x264 encoders, decoders and viewers cost
+  far more than bicubic on a box without a GPU, and other programs on the box count too);
 - a stream admitted into a device that then stays overloaded (load above capacity for a few
   seconds) is ended with the reason, if it is the newest on the device and still on probation.
 A session too young to be measured reserves ``STARTING_LOAD`` of its device meanwhile.
@@ -16,6 +16,7 @@ A session too young to be measured reserves ``STARTING_LOAD`` of its device mean
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,18 @@ STARTING_LOAD = {"flashvsr": 1.0}
 OVERLOAD_SAMPLES = 3  # consecutive samples above capacity before the newest stream is ended
 PROBATION_S = 60.0  # how long after its start a stream can still be ended for overloading
 RECONNECT_GRACE_S = 15.0  # a stream back this soon is a reconnect: its past load is its own
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds spent by every program on this machine so far (Linux /proc/stat); elsewhere
+    this process's own."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return time.process_time()
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal; guest is inside user
 
 
 class MeasuredSession(Protocol):
@@ -59,14 +72,14 @@ class LoadMonitor:
         clock: Callable[[], float] = time.monotonic,
         cpu_seconds: Callable[[], float] | None = None,
     ) -> None:
-        """``cpu_seconds``: the process's CPU time so far (``time.process_time``), or None."""
+        """``cpu_seconds``: CPU time used so far on the machine (``machine_cpu_seconds``), or None."""
         self.capacity = capacity  # device -> units; a device not listed (a GPU) has 1
         self._clock = clock
         self._tracked: list[_Tracked] = []
         self._over: dict[str, int] = {}  # device -> consecutive overloaded samples
         self._cpu_seconds = cpu_seconds
         self._cpu_mark = (clock(), cpu_seconds()) if cpu_seconds is not None else (0.0, 0.0)
-        self.process_cpu: float | None = None  # smoothed share of all cores the process uses
+        self.machine_cpu: float | None = None  # smoothed share of all cores in use
         self._ended: dict[str, float] = {}  # stream -> when its last tracked session ended
 
     def track(self, session: MeasuredSession, device: str, engine: str) -> None:
@@ -76,7 +89,7 @@ class LoadMonitor:
     def sample(self) -> list[tuple[MeasuredSession, str]]:
         """Update every session's load; returns (session, reason) for sessions to end."""
         now = self._clock()
-        self._sample_process_cpu(now)
+        self._sample_machine_cpu(now)
         for t in self._tracked:
             if t.session.closed:
                 self._ended[t.session.name] = now
@@ -105,15 +118,15 @@ class LoadMonitor:
                 )))  # fmt: skip
         return evict
 
-    def _sample_process_cpu(self, now: float) -> None:
+    def _sample_machine_cpu(self, now: float) -> None:
         if self._cpu_seconds is None:
             return
         used, (then, used_then) = self._cpu_seconds(), self._cpu_mark
         if now <= then:
             return
         share = max(0.0, used - used_then) / (now - then) / self.capacity.get("cpu", 1.0)
-        last = self.process_cpu
-        self.process_cpu = share if last is None else SMOOTHING * share + (1 - SMOOTHING) * last
+        last = self.machine_cpu
+        self.machine_cpu = share if last is None else SMOOTHING * share + (1 - SMOOTHING) * last
         self._cpu_mark = (now, used)
 
     def stream_load(self, name: str) -> float | None:
@@ -155,11 +168,13 @@ class LoadMonitor:
         reconnect = any(t.session.name == stream for t in self._tracked) or (
             ended is not None and self._clock() - ended < RECONNECT_GRACE_S
         )
-        cpu = self.process_cpu
-        if device == "cpu" and cpu is not None and cpu >= limit and not reconnect:
+        # Refusing protects the streams already running; with none, a busy box still gets its stream.
+        others = any(t.session.name != stream for t in self._tracked)
+        cpu = self.machine_cpu
+        if device == "cpu" and cpu is not None and cpu >= limit and others and not reconnect:
             return (
-                f"the CPU is busy: this server uses {cpu:.0%} of {self.capacity.get('cpu', 1.0):g} cores "
-                f"(engines, encoders, viewers), above pipeline.max_engine_load {limit:.0%}; "
+                f"the CPU is busy: {cpu:.0%} of this machine's {self.capacity.get('cpu', 1.0):g} cores "
+                f"in use (engines, encoders, viewers), above pipeline.max_engine_load {limit:.0%}; "
                 "try again when a stream ends"
             )
         return None

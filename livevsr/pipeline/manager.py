@@ -8,12 +8,11 @@ import dataclasses
 import functools
 import logging
 import os
-import time
 
 from livevsr.config import Config
 from livevsr.engines.registry import EngineChoice, choose_engine, create_engine
 from livevsr.errors import IngestError
-from livevsr.pipeline.admission import LoadMonitor
+from livevsr.pipeline.admission import LoadMonitor, machine_cpu_seconds
 from livevsr.pipeline.stream import PublishSession, Stream
 from livevsr.telemetry.metrics import Metrics
 
@@ -43,7 +42,7 @@ class StreamManager:
             self.streams[sc.name] = stream
             self._by_key[sc.key] = stream
         self.metrics = metrics
-        self.load = LoadMonitor(capacity={"cpu": float(os.cpu_count() or 1)}, cpu_seconds=time.process_time)
+        self.load = LoadMonitor({"cpu": float(os.cpu_count() or 1)}, cpu_seconds=machine_cpu_seconds)
         self._sampler = loop.create_task(self._sample_load())
         self.accepting = True
 

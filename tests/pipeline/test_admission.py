@@ -16,7 +16,7 @@ from livevsr.app import App
 from livevsr.config import PipelineConfig
 from livevsr.engines.bicubic.engine import BicubicEngine
 from livevsr.errors import IngestError
-from livevsr.pipeline.admission import OVERLOAD_SAMPLES, STARTING_S, LoadMonitor
+from livevsr.pipeline.admission import OVERLOAD_SAMPLES, STARTING_S, LoadMonitor, machine_cpu_seconds
 from livevsr.testing.publisher import publish
 from tests.conftest import loopback_config, wait_for
 
@@ -100,33 +100,46 @@ def test_the_newest_stream_is_ended_when_it_overloads_the_device() -> None:
     assert run(alone, clock2, {solo: 1.5}, 20) == []
 
 
-def test_a_cpu_box_refuses_when_the_whole_process_is_busy() -> None:
-    """Without a GPU the encoders cost more than bicubic: the process's own CPU time counts too."""
+def test_machine_cpu_seconds_counts_busy_time() -> None:
+    before = machine_cpu_seconds()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # burn 0.3 s of CPU
+        pass
+    assert machine_cpu_seconds() - before >= 0.25
+
+
+def test_a_cpu_box_refuses_when_the_machine_is_busy() -> None:
+    """Without a GPU the encoders cost more than bicubic: the machine's CPU time counts too."""
     clock = Clock()
     cpu = {"used": 0.0}
     monitor = LoadMonitor({"cpu": 2.0}, clock, cpu_seconds=lambda: cpu["used"])
-    a = Measured("a")
+    a, c = Measured("a"), Measured("c")
     monitor.track(a, "cpu", "bicubic")
-    for _ in range(10):  # bicubic computes 10 % of the time, x264 and the rest keep 1.8 cores busy
-        clock.now += 1.0
-        a.engine_busy_s += 0.1
-        cpu["used"] += 1.8
-        monitor.sample()
-    assert monitor.process_cpu == pytest.approx(0.9)
+    monitor.track(c, "cpu", "bicubic")
+
+    def busy(seconds: int) -> None:  # bicubic computes 10 % of the time, x264 and the rest 1.8 cores
+        for _ in range(seconds):
+            clock.now += 1.0
+            for session in (a, c):
+                session.engine_busy_s += 0.1
+            cpu["used"] += 1.8
+            monitor.sample()
+
+    busy(10)
+    assert monitor.machine_cpu == pytest.approx(0.9)
     reason = monitor.refusal("cpu", "b", 0.85)
-    assert reason is not None and "the CPU is busy: this server uses 90% of 2 cores" in reason
-    assert monitor.refusal("cpu", "a", 0.85) is None  # a reconnect frees what it is counted for
-    a.closed = True  # the publisher dropped and is back 5 s later; other work keeps the CPU busy
-    clock.now += 5.0
-    cpu["used"] += 5 * 1.8
-    monitor.sample()
-    assert monitor.refusal("cpu", "a", 0.85) is None
-    clock.now += 20.0  # much later it is a new publish like any other
-    cpu["used"] += 20 * 1.8
-    monitor.sample()
-    assert monitor.refusal("cpu", "a", 0.85) is not None
-    assert monitor.refusal("cuda:0", "b", 0.85) is None  # a GPU stream does not need those cores
+    assert reason is not None and "the CPU is busy: 90% of this machine's 2 cores in use" in reason
     assert monitor.refusal("cpu", "b", 0.95) is None
+    assert monitor.refusal("cuda:0", "b", 0.85) is None  # a GPU stream does not need those cores
+    assert monitor.refusal("cpu", "a", 0.85) is None  # a reconnect frees what it is counted for
+    a.closed = True  # a's publisher dropped and is back 5 s later, the CPU average still high
+    busy(5)
+    assert monitor.refusal("cpu", "a", 0.85) is None
+    busy(20)  # much later it is a new publish like any other
+    assert monitor.refusal("cpu", "a", 0.85) is not None
+    c.closed = True  # with no stream of ours left to protect, a busy machine still takes one
+    busy(30)
+    assert monitor.refusal("cpu", "b", 0.85) is None
 
 
 # -- the real server: RTMP publishers, engines that take real time ---------------------------------
@@ -147,7 +160,8 @@ async def start_app(max_engine_load: float) -> App:
     )
     app = App(config)
     await app.start()
-    app.manager.load.capacity["cpu"] = 1.0  # one unit, whatever this machine's core count
+    # Engine time on one unit, whatever this machine's core count and whatever else it runs.
+    app.manager.load = LoadMonitor({"cpu": 1.0})
     return app
 
 
