@@ -59,7 +59,7 @@ def return_freed_memory() -> None:
 
 
 class SessionOutput(Protocol):
-    """A consumer of one publish session's encoded packets and original audio (relay, recorder).
+    """A consumer of one publish session's encoded packets and original audio (relay, recorder, WHEP audio).
 
     Methods are called on the event loop and must not block; ``close`` comes once, after the
     session's last packet.
@@ -112,7 +112,7 @@ class Stream:
         self.broadcasters = {r: Broadcaster(self._keyframe_requester(r)) for r in RENDITIONS}
         # Opus for WHEP viewers, fed by a WhepAudioTap per session (see app.py); every packet is a keyframe.
         self.audio = Broadcaster(lambda: None, queue_packets=AUDIO_QUEUE_PACKETS)
-        # Each publish session gets one output from each factory (relays, recorder: see app.py).
+        # Each publish session gets one output from each factory (relays, recorder, WHEP audio: see app.py).
         self.output_factories: list[Callable[[PublishSession], SessionOutput]] = []
         metrics.init_stream(self.name)
 
