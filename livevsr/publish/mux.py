@@ -15,6 +15,7 @@ pipeline; after a video drop it waits for the next keyframe so the output stays 
 
 from __future__ import annotations
 
+import abc
 import collections
 import fractions
 import logging
@@ -112,7 +113,7 @@ def join_writers(timeout_s: float) -> int:
     return sum(1 for w in writers if w._thread.is_alive())
 
 
-class PacketWriter:
+class PacketWriter(abc.ABC):
     """One output (a URL or a file series) written by its own thread.
 
     Subclasses give ``_open`` (a new output container) and ``describe`` (a log-safe name). The loop
@@ -153,11 +154,13 @@ class PacketWriter:
 
     # -- subclass hooks ---------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """A log-safe name of the output (no stream keys)."""
 
+    @abc.abstractmethod
     def _open(self, width: int, height: int) -> av.container.OutputContainer:
-        raise NotImplementedError
+        """A new output container for a picture of this size."""
 
     # -- event loop side ----------------------------------------------------------------------------
 
@@ -368,7 +371,7 @@ class PacketWriter:
         if reason:
             log.info("[%s] %s: closed (%s)", self.name, self.describe(), reason)
 
-    def _after_close(self) -> None:
+    def _after_close(self) -> None:  # noqa: B027 - an optional hook: a no-op unless a subclass needs it
         """Subclasses release what ``_open`` took besides the container (called once per open)."""
 
     def _finish(self) -> None:
