@@ -10,36 +10,16 @@ loop is not serving anything else. Appends a row to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import fractions
 import json
 import os
 import platform
 import time
 
-import av
 import numpy as np
 
 from livevsr.bench import report
 from livevsr.publish.whep_audio import OpusTranscoder
-
-RATE = 48000
-AAC_FRAME = 1024
-
-
-def aac_tone(seconds: float) -> tuple[bytes, list[tuple[bytes, int]]]:
-    """A 440 Hz stereo AAC tone: (AudioSpecificConfig, [(raw frame, pts in ms)])."""
-    ctx = av.CodecContext.create("aac", "w")
-    ctx.sample_rate, ctx.layout, ctx.format = RATE, "stereo", "fltp"
-    ctx.time_base = fractions.Fraction(1, RATE)
-    ctx.open()
-    frames = []
-    for i in range(int(seconds * RATE) // AAC_FRAME):
-        t = (np.arange(AAC_FRAME) + i * AAC_FRAME) / RATE
-        tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
-        frame.sample_rate, frame.pts = RATE, i * AAC_FRAME
-        frames += [(bytes(p), round(p.pts * 1000 / RATE)) for p in ctx.encode(frame)]
-    return bytes(ctx.extradata), frames
+from livevsr.testing.publisher import AUDIO_FRAME_SAMPLES, AUDIO_RATE, aac_frames
 
 
 def main(argv: list[str]) -> int:
@@ -47,15 +27,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=float, default=60.0, help="audio to transcode")
     p.add_argument("--out", default=report.BENCHMARKS_MD, help="append a row here ('' to skip)")
     args = p.parse_args(argv)
-    asc, frames = aac_tone(args.seconds)
-    transcoder = OpusTranscoder(asc, RATE, 2)
+    asc, frames = aac_frames(round(args.seconds * 1000))
+    transcoder = OpusTranscoder(asc, AUDIO_RATE, 2)
     per_frame_ms = []
     packets = 0
     for data, ms in frames:
         t0 = time.perf_counter()
         packets += len(transcoder.transcode(data, ms * 90))
         per_frame_ms.append((time.perf_counter() - t0) * 1000)
-    audio_s = len(frames) * AAC_FRAME / RATE
+    audio_s = len(frames) * AUDIO_FRAME_SAMPLES / AUDIO_RATE
     total_s = sum(per_frame_ms) / 1000
     result = {
         "bench": "audio",

@@ -68,6 +68,22 @@ def _tone(start_sample: int, samples: int) -> np.ndarray:
     return np.stack([mono, mono])
 
 
+def aac_frames(duration_ms: int) -> tuple[bytes, list[tuple[bytes, int]]]:
+    """The publisher's tone as raw AAC frames, without a connection: (AudioSpecificConfig,
+    [(frame, pts_ms)]). For feeding a session's audio path directly (tests, ``livevsr bench audio``)."""
+    ctx = av.CodecContext.create("aac", "w")
+    ctx.sample_rate, ctx.layout, ctx.format = AUDIO_RATE, "stereo", "fltp"
+    ctx.time_base = Fraction(1, AUDIO_RATE)
+    ctx.open()
+    out = []
+    for i in range(duration_ms * AUDIO_RATE // 1000 // AUDIO_FRAME_SAMPLES):
+        start = i * AUDIO_FRAME_SAMPLES
+        frame = av.AudioFrame.from_ndarray(_tone(start, AUDIO_FRAME_SAMPLES), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts = AUDIO_RATE, start
+        out += [(bytes(p), round(p.pts * 1000 / AUDIO_RATE)) for p in ctx.encode(frame)]
+    return bytes(ctx.extradata), out
+
+
 def publish(
     url: str,
     width: int,

@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 
 from livevsr.app import App
 from livevsr.config import RecordConfig
 from livevsr.ingest.base import AudioPacket, VideoPacket
 from livevsr.publish.mux import parameter_sets, split_annexb
-from livevsr.testing.publisher import synthetic_frame
+from livevsr.testing.publisher import aac_frames, synthetic_frame
 from tests.conftest import loopback_config, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -42,22 +41,6 @@ def h264_access_units(count: int, width: int = WIDTH, height: int = HEIGHT) -> l
         out += [(bytes(p), p.is_keyframe, p.pts) for p in ctx.encode(frame)]
     out += [(bytes(p), p.is_keyframe, p.pts) for p in ctx.encode(None)]
     return out
-
-
-def aac_frames(duration_ms: int) -> tuple[bytes, list[tuple[bytes, int]]]:
-    """A 440 Hz AAC tone: (AudioSpecificConfig, [(raw frame, pts_ms)])."""
-    ctx = av.CodecContext.create("aac", "w")
-    ctx.sample_rate, ctx.layout, ctx.format = 48000, "stereo", "fltp"
-    ctx.time_base = fractions.Fraction(1, 48000)
-    ctx.open()
-    out = []
-    for i in range(duration_ms * 48 // 1024):
-        t = (np.arange(1024) + i * 1024) / 48000
-        tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-        frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
-        frame.sample_rate, frame.pts = 48000, i * 1024
-        out += [(bytes(p), round(p.pts * 1000 / 48000)) for p in ctx.encode(frame)]
-    return bytes(ctx.extradata), out
 
 
 async def feed(sink, video: list, audio: list, asc: bytes, realtime: bool = True) -> None:  # noqa: ANN001

@@ -14,10 +14,11 @@ import pytest
 from livevsr.app import App
 from livevsr.config import EncoderConfig, RTMPConfig
 from livevsr.publish.mux import BACKOFF_START_S
+from livevsr.testing.publisher import aac_frames
 from livevsr.testing.whep_client import WhepClient
 from tests.conftest import loopback_config, wait_for
 from tests.helpers.taps import AudioTap
-from tests.publish.test_record import HEIGHT, WIDTH, aac_frames, feed, h264_access_units
+from tests.publish.test_record import HEIGHT, WIDTH, feed, h264_access_units
 
 
 def free_port() -> int:

@@ -12,10 +12,9 @@ from livevsr.ingest.base import AudioPacket
 from livevsr.pipeline.fanout import Broadcaster, EncodedFrame
 from livevsr.publish.whep_audio import OPUS_RATE, OpusTranscoder, WhepAudioTap
 from livevsr.telemetry.timing import FrameTiming
-from livevsr.testing.publisher import publish
+from livevsr.testing.publisher import aac_frames, publish
 from livevsr.testing.whep_client import WhepClient
 from tests.conftest import wait_for
-from tests.publish.test_record import aac_frames
 
 OPUS_FRAME_90K = 90000 * 960 // OPUS_RATE  # 20 ms
 
