@@ -41,19 +41,28 @@ def start(tmp_path: Path, extra: str = "") -> tuple[subprocess.Popen, int]:
     pytest.fail("server did not start:\n" + "".join(lines))
 
 
+def signal_and_wait(proc: subprocess.Popen, *signals: signal.Signals) -> str:
+    """Send ``signals`` in order and return the server's log once it has exited (killed if it hangs)."""
+    try:
+        for sig in signals:
+            proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return out
+
+
 def test_serve_answers_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
     proc, port = start(tmp_path)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/streams", timeout=10) as resp:
             streams = json.loads(resp.read())["streams"]
-        assert [s["name"] for s in streams] == ["main"]
-        assert streams[0]["engine"]["name"] == "bicubic"
-        assert "because" in streams[0]["engine"]["reason"]  # auto says why it fell back
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        out = signal_and_wait(proc, signal.SIGTERM)
+    assert [s["name"] for s in streams] == ["main"]
+    assert streams[0]["engine"]["name"] == "bicubic"
+    assert "because" in streams[0]["engine"]["reason"]  # auto says why it fell back
     assert proc.returncode == 0, out
     assert "stopping" in out
     assert "secret-key-123" not in out  # keys never reach the log
@@ -75,13 +84,7 @@ def test_serve_with_a_bad_config_names_the_key(tmp_path: Path) -> None:
 def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
     """An operator pressing Ctrl-C twice does not wait for the drain."""
     proc, _ = start(tmp_path)
-    try:
-        # Two different signals: the kernel would merge two pending SIGTERMs into one.
-        proc.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # Two different signals: the kernel would merge two pending SIGTERMs into one.
+    out = signal_and_wait(proc, signal.SIGTERM, signal.SIGINT)
     assert proc.returncode == 1, out
     assert "second signal: exiting now" in out

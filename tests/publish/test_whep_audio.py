@@ -9,7 +9,7 @@ import numpy as np
 
 from livevsr.app import App
 from livevsr.ingest.base import AudioPacket
-from livevsr.pipeline.fanout import Broadcaster, EncodedFrame
+from livevsr.pipeline.fanout import Broadcaster, EncodedFrame, Subscriber
 from livevsr.publish.whep_audio import OPUS_RATE, OpusTranscoder, WhepAudioTap
 from livevsr.telemetry.timing import FrameTiming
 from livevsr.testing.publisher import aac_frames, publish
@@ -34,6 +34,23 @@ def decode_opus(packets: list[av.Packet]) -> np.ndarray:
             chunks.append(frame.to_ndarray().reshape(-1, frame.samples)[0] if frame.format.is_planar
                           else frame.to_ndarray()[0, ::2])  # fmt: skip
     return np.concatenate(chunks).astype(np.float64)
+
+
+def audio_tap(duration_ms: int, listening: bool = True) -> tuple[WhepAudioTap, Subscriber | None, list]:
+    """A tap configured for the test tone, a listener on its broadcaster, and the tone's AAC frames."""
+    broadcaster = Broadcaster(lambda: None, queue_packets=1000)
+    listener = broadcaster.subscribe() if listening else None
+    tap = WhepAudioTap("t", broadcaster)
+    asc, frames = aac_frames(duration_ms)
+    tap.audio_config("aac", asc, 48000, 2)
+    return tap, listener, frames
+
+
+def video(pts_90k: int, index: int, source_ms: int) -> EncodedFrame:
+    """An upscaled video packet at ``pts_90k`` carrying the timing of source time ``source_ms``."""
+    packet = av.Packet(b"\x00\x00\x00\x01\x65")
+    packet.pts = pts_90k
+    return EncodedFrame(packet, FrameTiming(index, source_ms))
 
 
 def test_transcoder_turns_aac_into_20ms_opus_on_the_video_clock() -> None:
@@ -67,11 +84,7 @@ def test_transcoder_restarts_its_count_after_a_gap() -> None:
 
 async def test_audio_waits_for_the_video_of_the_same_instant() -> None:
     """The engine's lookahead delays the video: audio that came first is held until its video is out."""
-    broadcaster = Broadcaster(lambda: None, queue_packets=1000)
-    listener = broadcaster.subscribe()
-    tap = WhepAudioTap("t", broadcaster)
-    asc, frames = aac_frames(3000)
-    tap.audio_config("aac", asc, 48000, 2)
+    tap, listener, frames = audio_tap(3000)
     base_90k = 7_000_000  # the encoder's clock starts elsewhere than the publisher's
     released_at: dict[int, int] = {}  # audio pts -> newest video pts published when it came out
     newest_video = -1
@@ -83,11 +96,8 @@ async def test_audio_waits_for_the_video_of_the_same_instant() -> None:
             tap.audio(AudioPacket(data, ms, "aac", 0))
             if ms >= video_ms + lookahead_ms:
                 break
-        packet = av.Packet(b"\x00\x00\x00\x01\x65")
-        packet.pts = base_90k + video_ms * 90
-        timing = FrameTiming(i, video_ms)
-        tap.video("upscaled", EncodedFrame(packet, timing))
-        newest_video = packet.pts
+        newest_video = base_90k + video_ms * 90
+        tap.video("upscaled", video(newest_video, i, video_ms))
         while not listener.queue.empty():
             item = listener.queue.get_nowait()
             released_at[item.packet.pts] = newest_video
@@ -100,13 +110,8 @@ async def test_audio_waits_for_the_video_of_the_same_instant() -> None:
 
 
 async def test_nobody_listening_costs_no_transcode() -> None:
-    broadcaster = Broadcaster(lambda: None)
-    tap = WhepAudioTap("t", broadcaster)
-    asc, frames = aac_frames(500)
-    tap.audio_config("aac", asc, 48000, 2)
-    packet = av.Packet(b"\x00")
-    packet.pts = 0
-    tap.video("upscaled", EncodedFrame(packet, FrameTiming(0, 0)))
+    tap, _, frames = audio_tap(500, listening=False)
+    tap.video("upscaled", video(0, 0, 0))
     for data, ms in frames:
         tap.audio(AudioPacket(data, ms, "aac", 0))
     assert tap._transcoder is not None and tap._transcoder._anchor_90k is None  # never fed
@@ -114,20 +119,12 @@ async def test_nobody_listening_costs_no_transcode() -> None:
 
 
 async def test_corrupt_audio_frames_cost_only_themselves() -> None:
-    broadcaster = Broadcaster(lambda: None, queue_packets=1000)
-    listener = broadcaster.subscribe()
-    tap = WhepAudioTap("t", broadcaster)
-    asc, frames = aac_frames(1000)
-    tap.audio_config("aac", asc, 48000, 2)
-    packet = av.Packet(b"\x00")
-    packet.pts = 10**9
-    tap.video("upscaled", EncodedFrame(packet, FrameTiming(0, 0)))
+    tap, listener, frames = audio_tap(1000)
+    tap.video("upscaled", video(10**9, 0, 0))
     for n, (data, ms) in enumerate(frames):
         tap.audio(AudioPacket(b"\xff\x00garbage" if n % 5 == 2 else data, ms, "aac", 0))
-    later = av.Packet(b"\x00")
-    later.pts = 10**9 + 2000 * 90
-    tap.video("upscaled", EncodedFrame(later, FrameTiming(1, 2000)))
-    assert listener.queue.qsize() > 30  # most of 1 s still comes out
+    tap.video("upscaled", video(10**9 + 2000 * 90, 1, 2000))
+    assert listener is not None and listener.queue.qsize() > 30  # most of 1 s still comes out
 
 
 async def test_rtmp_publish_with_aac_plays_as_opus_to_a_whep_viewer(app: App) -> None:
