@@ -99,6 +99,12 @@ def _i32(x: int) -> np.int32:
     return np.int32(x)
 
 
+def _on_device(t: torch.Tensor) -> bool:
+    """Whether a kernel can read `t`: CUDA memory (tests/kernels/cuda_host.py, which runs the kernels
+    on the CPU, swaps this for its own test)."""
+    return t.is_cuda
+
+
 def _check(
     name: str,
     t: Any,
@@ -115,7 +121,7 @@ def _check(
         raise ValueError(f"{name}: expected {want}, got dtype {t.dtype}")
     if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape, strict=True)):
         raise ValueError(f"{name}: expected {want}, got shape {list(t.shape)}")
-    if not t.is_cuda:
+    if not _on_device(t):
         raise ValueError(f"{name}: expected {want}, got a tensor on {t.device}")
     if device is not None and t.device != device:
         raise ValueError(f"{name}: expected {want} on {device} (like q), got {t.device}")
