@@ -96,40 +96,42 @@ _build_lock = threading.Lock()
 
 def _runtime_object(harness: str) -> Path:
     out = cache_dir() / f"runtime-{harness}.o"
-    if not out.exists():
-        tmp = out.with_suffix(f".{os.getpid()}.tmp.o")
+    with _build_lock:
+        if out.exists():
+            return out
+        tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.o")
         _run([CXX, *CXXFLAGS, RUNTIME_OPT, "-c", str(HOST_DIR / "runtime.cpp"), "-o", str(tmp)])
         _publish(tmp, out)
     return out
 
 
 def build(source: str, name: str = "kernel.cu") -> Path:
-    """Compile kernel source text to a shared object (cached); returns its path."""
-    with _build_lock:
-        harness = _harness_hash()
-        key = hashlib.sha256(source.encode() + b"\0" + harness.encode()).hexdigest()[:20]
-        so = cache_dir() / f"{Path(name).stem}-{key}.so"
-        if so.exists():
-            return so
-        kernels = _KERNEL_RE.findall(source)
-        if not kernels:
-            raise KernelError(f"{name}: no extern \"C\" __global__ kernels found")
-        work = Path(tempfile.mkdtemp(prefix="build-", dir=cache_dir()))
-        try:
-            (work / name).write_text(source)
-            lines = [f'#include "{name}"']
-            lines += [f"LIVEVSR_DEFINE_DYNAMIC_SMEM({t.strip()}, {n})" for t, n in _DYN_SMEM_RE.findall(source)]
-            lines += [f"LIVEVSR_EXPORT_KERNEL({k})" for k in kernels]
-            (work / "driver.cpp").write_text("\n".join(lines) + "\n")
-            include = ["-I", str(HOST_DIR / "include"), "-include", str(HOST_DIR / "cuda_host.h")]
-            obj = work / "driver.o"
-            _run([CXX, *CXXFLAGS, KERNEL_OPT, *include, "-c", str(work / "driver.cpp"), "-o", str(obj)])
-            tmp = work / "module.so"
-            _run([CXX, "-shared", "-o", str(tmp), str(obj), str(_runtime_object(harness)), "-pthread", "-ldl"])
-            _publish(tmp, so)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    """Compile kernel source text to a shared object (cached); returns its path. Thread-safe, so
+    several sources can be built at once."""
+    harness = _harness_hash()
+    key = hashlib.sha256(source.encode() + b"\0" + harness.encode()).hexdigest()[:20]
+    so = cache_dir() / f"{Path(name).stem}-{key}.so"
+    if so.exists():
         return so
+    kernels = _KERNEL_RE.findall(source)
+    if not kernels:
+        raise KernelError(f'{name}: no extern "C" __global__ kernels found')
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=cache_dir()))
+    try:
+        (work / name).write_text(source)
+        lines = [f'#include "{name}"']
+        lines += [f"LIVEVSR_DEFINE_DYNAMIC_SMEM({t.strip()}, {n})" for t, n in _DYN_SMEM_RE.findall(source)]
+        lines += [f"LIVEVSR_EXPORT_KERNEL({k})" for k in kernels]
+        (work / "driver.cpp").write_text("\n".join(lines) + "\n")
+        include = ["-I", str(HOST_DIR / "include"), "-include", str(HOST_DIR / "cuda_host.h")]
+        obj = work / "driver.o"
+        _run([CXX, *CXXFLAGS, KERNEL_OPT, *include, "-c", str(work / "driver.cpp"), "-o", str(obj)])
+        tmp = work / "module.so"
+        _run([CXX, "-shared", "-o", str(tmp), str(obj), str(_runtime_object(harness)), "-pthread", "-ldl"])
+        _publish(tmp, so)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return so
 
 
 class HostModule:
@@ -160,7 +162,8 @@ class HostModule:
     ) -> None:
         """Run `kernel` with CUDA launch semantics. args: torch tensors (their CPU address), or the
         np.uint64 / np.int32 / np.float32 scalars kernels.py passes. schedule -1 rotates through the
-        harness's six scheduling modes by block; 0..5 picks one (runtime.cpp)."""
+        harness's twelve modes (shared-memory fill x schedule x cp.async landing) by block; 0..11
+        picks one for every block (runtime.cpp)."""
         if kernel not in self.kernels:
             raise KernelError(f"{self.name}: no kernel {kernel!r} (has {', '.join(self.kernels)})")
         sig = self.signature(kernel)
@@ -169,10 +172,14 @@ class HostModule:
         boxes = []
         for i, (code, a) in enumerate(zip(sig, args, strict=True)):
             boxes.append(_box(kernel, i, code, a))
-        argv = (ctypes.c_void_p * len(boxes))(*[ctypes.cast(ctypes.pointer(b), ctypes.c_void_p) for b in boxes])
+        argv = (ctypes.c_void_p * len(boxes))(
+            *[ctypes.cast(ctypes.pointer(b), ctypes.c_void_p) for b in boxes]
+        )
         err = ctypes.create_string_buffer(1024)
         g, b = (list(grid) + [1, 1])[:3], (list(block) + [1, 1])[:3]
-        cfg = _Config((ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b), shared_mem, seed, workers, schedule, None, 0)
+        cfg = _Config(
+            (ctypes.c_uint * 3)(*g), (ctypes.c_uint * 3)(*b), shared_mem, seed, workers, schedule, None, 0
+        )
         cfg.error = ctypes.cast(err, ctypes.c_char_p)
         cfg.error_len = len(err)
         fn = getattr(self._lib, f"livevsr_launch_{kernel}")
@@ -186,7 +193,9 @@ def _box(kernel: str, i: int, code: str, a: Any) -> ctypes._SimpleCData:
     if code == "p":
         if isinstance(a, torch.Tensor):
             if a.device.type != "cpu":
-                raise KernelError(f"{kernel}: argument {i} is on {a.device}; the host harness needs CPU tensors")
+                raise KernelError(
+                    f"{kernel}: argument {i} is on {a.device}; the host harness needs CPU tensors"
+                )
             return ctypes.c_void_p(a.data_ptr())
         if isinstance(a, (np.uint64, int)) and not isinstance(a, bool):
             return ctypes.c_void_p(int(a))
@@ -196,7 +205,9 @@ def _box(kernel: str, i: int, code: str, a: Any) -> ctypes._SimpleCData:
         return ctypes.c_uint32(int(a))
     elif code == "f" and isinstance(a, (np.float32, float)):
         return ctypes.c_float(float(a))
-    raise KernelError(f"{kernel}: argument {i} is {type(a).__name__}, expected {dict(p='pointer', i='int', u='unsigned', f='float')[code]}")
+    raise KernelError(
+        f"{kernel}: argument {i} is {type(a).__name__}, expected {dict(p='pointer', i='int', u='unsigned', f='float')[code]}"
+    )
 
 
 _modules: dict[tuple[str, str], HostModule] = {}

@@ -1,8 +1,9 @@
 """The draft-mask kernels (kernels/block_select.cu) against attention.draft_block_mask.
 
-On CPU: a numpy transliteration of the kernels' exact algorithm (per-row local-window candidates, the
-4-pass radix select of the (k'+1)-th largest probability per (head, query chunk), strict threshold,
-ascending compaction) is checked against the reference. On a CUDA GPU: the kernels themselves.
+A numpy transliteration of the kernels' exact algorithm (per-row local-window candidates, the 4-pass
+radix select of the (k'+1)-th largest probability per (head, query chunk), strict threshold, ascending
+compaction) is checked against the reference. The kernels themselves run on a CUDA GPU, and on the CPU
+through the host harness (tests/kernels/host, `host_kernels` fixture) with the same checks.
 The selection is a discontinuous function of bf16 scores, so masks are compared with a tolerance on
 near-threshold entries, and exactly against a torch top-k over the kernel's own probabilities.
 """
@@ -196,9 +197,7 @@ def _ring_inputs(
     return kpool, tuple(slot_order)
 
 
-@requires_gpu
-@pytest.mark.parametrize("shape", SMALL + FULL, ids=lambda s: "x".join(map(str, s)))
-def test_block_select_kernels_match_reference(shape: tuple[int, int, int, int, int, int | None]) -> None:
+def _check_block_select_kernels(shape: tuple[int, int, int, int, int, int | None], device: str) -> None:
     from livevsr.engines.flashvsr import kernels
 
     bh, bw, lr, n_q, n_k, topk = shape
@@ -206,8 +205,8 @@ def test_block_select_kernels_match_reference(shape: tuple[int, int, int, int, i
     S = geom.blocks_per_chunk
     heads = 12 if (bh, bw) == (6, 11) else 3
     gen = torch.Generator().manual_seed(zlib.crc32(repr(shape).encode()))
-    q = _tokens(n_q * S, heads, gen, "cuda")
-    k = _tokens(n_k * S, heads, gen, "cuda")
+    q = _tokens(n_q * S, heads, gen, device)
+    k = _tokens(n_k * S, heads, gen, device)
 
     qb = kernels.block_mean_pool(q)
     qb_ref = q.float().reshape(-1, 128, heads, 128).mean(1).to(torch.bfloat16)
@@ -218,7 +217,8 @@ def test_block_select_kernels_match_reference(shape: tuple[int, int, int, int, i
     slot_order = [3, 0, 2, 1][:n_k]  # a rotated ring: logical chunks out of slot order
     kpool, slots = _ring_inputs(k, geom, slot_order)
     lists = kernels.block_select(qb, kpool, slots, geom)
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     probs, thr = lists.probs, lists.thr
 
     # probabilities agree with the transliteration (bf16 score flips aside)
@@ -243,18 +243,41 @@ def test_block_select_kernels_match_reference(shape: tuple[int, int, int, int, i
 
 
 @requires_gpu
-def test_block_select_rejects_bad_inputs() -> None:
+@pytest.mark.parametrize("shape", SMALL + FULL, ids=lambda s: "x".join(map(str, s)))
+def test_block_select_kernels_match_reference(shape: tuple[int, int, int, int, int, int | None]) -> None:
+    _check_block_select_kernels(shape, "cuda")
+
+
+@pytest.mark.parametrize("shape", SMALL + FULL, ids=lambda s: "x".join(map(str, s)))
+def test_block_select_kernels_on_cpu_match_reference(
+    shape: tuple[int, int, int, int, int, int | None], host_kernels: list
+) -> None:
+    """The same checks with kernels/block_select.cu executed by the CPU harness (tests/kernels/host)."""
+    _check_block_select_kernels(shape, "cpu")
+
+
+def _check_block_select_rejects_bad_inputs(device: str) -> None:
     from livevsr.engines.flashvsr import kernels
 
     geom = BlockGeometry(blocks_h=2, blocks_w=3, topk=5, local_range=3)
-    qb = torch.zeros(6, 2, 128, dtype=torch.bfloat16, device="cuda")
-    kpool = torch.zeros(4, 6, 2, 128, dtype=torch.bfloat16, device="cuda")
+    qb = torch.zeros(6, 2, 128, dtype=torch.bfloat16, device=device)
+    kpool = torch.zeros(4, 6, 2, 128, dtype=torch.bfloat16, device=device)
     with pytest.raises(ValueError, match=r"qb: expected .*\[n_q\*6, 2, 128\]"):
         kernels.block_select(qb.float(), kpool, (0,), geom)
     with pytest.raises(ValueError, match=r"kpool: expected \[n_slots, 6, heads, 128\]"):
         kernels.block_select(qb, kpool[0], (0,), geom)
     with pytest.raises(ValueError, match=r"slots: expected 1..4 ring slot indices"):
         kernels.block_select(qb, kpool, (0, 4), geom)
+    kernels.block_select(qb, kpool, (0,), geom)  # and a good call goes through
+
+
+@requires_gpu
+def test_block_select_rejects_bad_inputs() -> None:
+    _check_block_select_rejects_bad_inputs("cuda")
+
+
+def test_block_select_rejects_bad_inputs_on_cpu(host_kernels: list) -> None:
+    _check_block_select_rejects_bad_inputs("cpu")
 
 
 def emulate_draft_scores_softmax(

@@ -4,7 +4,8 @@ against attention.block_sparse_attention_reference.
 As flash-attention's tests do: the kernel's error against an fp32 reference may be at most about
 twice that of the same math done in bf16 torch. Shapes include grids that are not powers of two,
 query blocks that select nothing, a rotated ring, and 768x1408 (S = 66) steady state and first step.
-Without a CUDA GPU only the pure-torch helpers and the argument checks run.
+Every GPU test has a CPU twin (`..._on_cpu`, small shapes) that executes the same kernel source through
+the host harness (tests/kernels/host, `host_kernels` fixture) with the same checks.
 """
 
 from __future__ import annotations
@@ -155,37 +156,67 @@ def test_kv_ring_slots_rotate_without_copies() -> None:
 # GPU
 
 
-@requires_gpu
-@pytest.mark.parametrize(
-    "heads,nqb,nkb,density",
-    [(2, 1, 1, 1.0), (2, 3, 7, 0.5), (3, 5, 13, 0.3), (12, 4, 9, 0.0), (2, 2, 40, 1.0)],
-)
-def test_block_sparse_attn_plain_layout(heads: int, nqb: int, nkb: int, density: float) -> None:
+PLAIN = [(2, 1, 1, 1.0), (2, 3, 7, 0.5), (3, 5, 13, 0.3), (12, 4, 9, 0.0), (2, 2, 40, 1.0)]
+RING = [(2, 3, 3, 1, 4, 2), (1, 5, 3, 3, 3, 3), (6, 11, 11, 1, 4, 12), (6, 11, 11, 3, 3, 12)]
+RING_IDS = ["2x3-steady", "1x5-first", "768x1408-steady", "768x1408-first"]
+
+
+def _attn(q: torch.Tensor, *args: object, **kw: object) -> torch.Tensor:
+    """kernels.block_sparse_attn into a NaN-filled output, so rows the kernel never writes show."""
+    out = torch.full_like(q, float("nan"))
+    got = kernels.block_sparse_attn(q, *args, out=out, **kw)
+    if q.is_cuda:
+        torch.cuda.synchronize()
+    return got
+
+
+def _check_plain_layout(heads: int, nqb: int, nkb: int, density: float, device: str) -> None:
     gen = _seed(heads, nqb, nkb, density)
-    q = torch.randn(nqb * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
-    k = torch.randn(nkb * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
-    v = torch.randn(nkb * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
-    mask = _random_mask(heads, nqb, nkb, density, gen).cuda()
+    q = torch.randn(nqb * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
+    k = torch.randn(nkb * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
+    v = torch.randn(nkb * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
+    mask = _random_mask(heads, nqb, nkb, density, gen).to(device)
     idx, cnt = kernels.mask_to_lists(mask)
-    out = kernels.block_sparse_attn(q, k, v, idx, cnt)
-    torch.cuda.synchronize()
+    out = _attn(q, k, v, idx, cnt)
     _check_close(out, q, k, v, mask)
 
 
 @requires_gpu
-def test_block_sparse_attn_dense_matches_sdpa() -> None:
+@pytest.mark.parametrize("heads,nqb,nkb,density", PLAIN)
+def test_block_sparse_attn_plain_layout(heads: int, nqb: int, nkb: int, density: float) -> None:
+    _check_plain_layout(heads, nqb, nkb, density, "cuda")
+
+
+@pytest.mark.parametrize("heads,nqb,nkb,density", PLAIN)
+def test_block_sparse_attn_plain_layout_on_cpu(
+    heads: int, nqb: int, nkb: int, density: float, host_kernels: list
+) -> None:
+    """kernels/block_sparse_attn.cu executed by the CPU harness (tests/kernels/host), same checks."""
+    _check_plain_layout(heads, nqb, nkb, density, "cpu")
+
+
+def _check_dense_matches_sdpa(device: str) -> None:
     gen = _seed("dense")
-    q = torch.randn(512, 4, 128, generator=gen).to("cuda", torch.bfloat16)
-    k = torch.randn(1024, 4, 128, generator=gen).to("cuda", torch.bfloat16)
-    v = torch.randn(1024, 4, 128, generator=gen).to("cuda", torch.bfloat16)
-    idx, cnt = kernels.mask_to_lists(torch.ones(4, 4, 8, dtype=torch.bool, device="cuda"))
-    out = kernels.block_sparse_attn(q, k, v, idx, cnt)
+    q = torch.randn(512, 4, 128, generator=gen).to(device, torch.bfloat16)
+    k = torch.randn(1024, 4, 128, generator=gen).to(device, torch.bfloat16)
+    v = torch.randn(1024, 4, 128, generator=gen).to(device, torch.bfloat16)
+    idx, cnt = kernels.mask_to_lists(torch.ones(4, 4, 8, dtype=torch.bool, device=device))
+    out = _attn(q, k, v, idx, cnt)
     sdpa = torch.nn.functional.scaled_dot_product_attention(
         q.permute(1, 0, 2).float(), k.permute(1, 0, 2).float(), v.permute(1, 0, 2).float()
     ).permute(1, 0, 2)
     err = (out.float() - sdpa).abs()
     print(f"dense: max {err.max().item():.3g} mean {err.mean().item():.3g}")
     assert err.max().item() < 2e-2
+
+
+@requires_gpu
+def test_block_sparse_attn_dense_matches_sdpa() -> None:
+    _check_dense_matches_sdpa("cuda")
+
+
+def test_block_sparse_attn_dense_matches_sdpa_on_cpu(host_kernels: list) -> None:
+    _check_dense_matches_sdpa("cpu")
 
 
 def _ring_layer(
@@ -202,37 +233,43 @@ def _ring_layer(
     return rk, rv
 
 
-@requires_gpu
-@pytest.mark.parametrize(
-    "bh,bw,lr,n_q,n_k,heads",
-    [(2, 3, 3, 1, 4, 2), (1, 5, 3, 3, 3, 3), (6, 11, 11, 1, 4, 12), (6, 11, 11, 3, 3, 12)],
-    ids=["2x3-steady", "1x5-first", "768x1408-steady", "768x1408-first"],
-)
-def test_block_sparse_attn_ring_layout(bh: int, bw: int, lr: int, n_q: int, n_k: int, heads: int) -> None:
+def _check_ring_layout(bh: int, bw: int, lr: int, n_q: int, n_k: int, heads: int, device: str) -> None:
     S = bh * bw
     gen = _seed(bh, bw, n_q, n_k)
-    q = torch.randn(n_q * S * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
-    k = torch.randn(n_k * S * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
-    v = torch.randn(n_k * S * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
+    q = torch.randn(n_q * S * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
+    k = torch.randn(n_k * S * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
+    v = torch.randn(n_k * S * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
     # the spec's density: a random top-45% inside the local window, some rows empty
     local = local_block_mask(bh, bw, lr).repeat(n_q, n_k)
-    mask = (_random_mask(heads, n_q * S, n_k * S, 0.6, gen) & local).cuda()
+    mask = (_random_mask(heads, n_q * S, n_k * S, 0.6, gen) & local).to(device)
     slot_order = [2, 0, 3, 1][:n_k]
     rk, rv = _ring_layer(k, v, S, slot_order)
     idx, cnt = kernels.mask_to_lists(mask)
-    out = kernels.block_sparse_attn(q, rk, rv, idx, cnt, slots=slot_order, blocks_per_chunk=S)
-    torch.cuda.synchronize()
+    out = _attn(q, rk, rv, idx, cnt, slots=slot_order, blocks_per_chunk=S)
     _check_close(out, q, k, v, mask)
 
 
 @requires_gpu
-@pytest.mark.parametrize("bh,bw,lr,heads", [(2, 3, 3, 2), (6, 11, 11, 12)], ids=["2x3", "768x1408"])
-def test_cupy_backend_matches_reference_over_steps(bh: int, bw: int, lr: int, heads: int) -> None:
+@pytest.mark.parametrize("bh,bw,lr,n_q,n_k,heads", RING, ids=RING_IDS)
+def test_block_sparse_attn_ring_layout(bh: int, bw: int, lr: int, n_q: int, n_k: int, heads: int) -> None:
+    _check_ring_layout(bh, bw, lr, n_q, n_k, heads, "cuda")
+
+
+@pytest.mark.parametrize("bh,bw,lr,n_q,n_k,heads", RING[:2], ids=RING_IDS[:2])
+def test_block_sparse_attn_ring_layout_on_cpu(
+    bh: int, bw: int, lr: int, n_q: int, n_k: int, heads: int, host_kernels: list
+) -> None:
+    """The small ring shapes on the CPU harness (768x1408 would take minutes there)."""
+    _check_ring_layout(bh, bw, lr, n_q, n_k, heads, "cpu")
+
+
+def _check_backend_over_steps(bh: int, bw: int, lr: int, heads: int, device: str) -> None:
     """First step (3 chunks) then steady steps through the ring, per layer, against the reference
     backend's cache bookkeeping; attention is compared under the kernels' own mask (exactly what the
     backend used), and that mask against draft_block_mask up to near-threshold flips."""
     S = bh * bw
     geom = BlockGeometry(bh, bw, topk_budget(S, bh * 128, bw * 128, 2.0), lr)
+    # device "cuda" even for the CPU harness: the ring goes wherever q lives
     backend = kernels.CupyAttentionBackend(layers=2, heads=heads)
     reference = ReferenceBackend()
     gen = _seed("backend", bh, bw)
@@ -244,7 +281,7 @@ def test_cupy_backend_matches_reference_over_steps(bh: int, bw: int, lr: int, he
             q, k, v = (
                 (offset + torch.randn(n_q * S, 128, heads, 128, generator=gen))
                 .reshape(-1, heads, 128)
-                .to("cuda", torch.bfloat16)
+                .to(device, torch.bfloat16)
                 for _ in range(3)
             )
             out = backend.attend(layer, q, k, v, geom)
@@ -268,6 +305,17 @@ def test_cupy_backend_matches_reference_over_steps(bh: int, bw: int, lr: int, he
             assert torch.equal(ring_k, history[layer][0])
     backend.reset()
     assert backend.cached_chunks(0, geom) == 0
+
+
+@requires_gpu
+@pytest.mark.parametrize("bh,bw,lr,heads", [(2, 3, 3, 2), (6, 11, 11, 12)], ids=["2x3", "768x1408"])
+def test_cupy_backend_matches_reference_over_steps(bh: int, bw: int, lr: int, heads: int) -> None:
+    _check_backend_over_steps(bh, bw, lr, heads, "cuda")
+
+
+def test_cupy_backend_matches_reference_over_steps_on_cpu(host_kernels: list) -> None:
+    pytest.importorskip("cupy", reason="the cupy backend imports cupy (cupy-cuda13x)")
+    _check_backend_over_steps(2, 3, 3, 2, "cpu")
 
 
 # ------------------------------------------------------------------------------------------------

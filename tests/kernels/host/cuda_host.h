@@ -130,7 +130,7 @@ struct LaunchConfig {
     unsigned shared_mem;  // dynamic shared memory bytes asked for
     unsigned long long seed;
     int workers;          // OS threads running blocks; <= 0: one
-    int schedule;         // -1: rotate through all modes by block; else one mode (see runtime.cpp)
+    int schedule;         // -1: rotate through the modes by block; else one mode (runtime.cpp)
     char* error;          // filled on failure
     int error_len;
 };

@@ -34,12 +34,15 @@ namespace {
 constexpr int kWarp = 32;
 constexpr size_t kStackBytes = 128 * 1024;
 constexpr size_t kGuardBytes = 4096;
-constexpr unsigned kNanPattern = 0x7fc07fc0u;  // a NaN as fp32 and as each bf16 half
+// Shared memory before a block: NaN (as fp32 and as each bf16 half), or in every other block a huge
+// finite value (3.4e38 as fp32 and as bf16), which fmaxf/fminf do not skip the way they skip NaN.
+constexpr unsigned kFillPatterns[2] = {0x7fc07fc0u, 0x7f7f7f7fu};
 
-// Scheduling modes of a block: who runs next at a switch, and when cp.async copies land.
+// Modes of a block: the shared-memory fill, who runs next at a switch, and when cp.async copies land.
+// Mode m: fill m % 2, schedule (m / 2) % 2, landing m / 4 (a launch rotates through them by block).
 enum Sched { kRunAhead = 0, kRandom = 1 };  // run-ahead: one warp as far as barriers allow, then the next
 enum Land { kLazy = 0, kEager = 1, kMixed = 2 };  // at the covering wait / at issue / per copy at random
-constexpr int kModes = 6;
+constexpr int kModes = 12;
 
 enum Kind { kNone, kShfl, kMatch, kBallot, kLdsm, kLdsmTrans, kMma };
 const char* kind_name(int k) {
@@ -565,11 +568,12 @@ void run_block(Worker* w, unsigned linear) {
     w->block = uint3{linear % cfg->grid[0], (linear / cfg->grid[0]) % cfg->grid[1],
                      linear / (cfg->grid[0] * cfg->grid[1])};
     const int mode = cfg->schedule >= 0 ? cfg->schedule % kModes : (int)((cfg->seed + linear) % kModes);
-    w->sched = mode % 2;
-    w->land = mode / 2;
+    const unsigned fill = kFillPatterns[mode % 2];
+    w->sched = (mode / 2) % 2;
+    w->land = mode / 4;
     w->rng.seed(cfg->seed * 0x9e3779b97f4a7c15ull + linear);
 
-    for (size_t i = 0; i + 4 <= w->tls_bytes; i += 4) std::memcpy(w->tls + i, &kNanPattern, 4);
+    for (size_t i = 0; i + 4 <= w->tls_bytes; i += 4) std::memcpy(w->tls + i, &fill, 4);
 
     const int n = (int)w->fibers.size();
     const int n_warps = n / kWarp;
