@@ -144,7 +144,7 @@ Worker* worker() { return static_cast<Worker*>(pthread_getspecific(g_key)); }
 void on_fault(int sig, siginfo_t* si, void* uc) {
     Worker* w = worker();
     if (w != nullptr && w->in_block) {
-        fail_in(w, "illegal memory access at %p (signal %d)", si->si_addr, sig);
+        fail_in(w, "illegal memory access at %#lx (signal %d)", (unsigned long)si->si_addr, sig);
     }
     struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
     if (prev.sa_flags & SA_SIGINFO) {
