@@ -22,8 +22,12 @@
 #include <vector>
 
 #if defined(__x86_64__)
-#include <pmmintrin.h>
 #include <xmmintrin.h>
+#endif
+// Fibers switch with a few lines of assembly on x86-64 (no syscall), with ucontext elsewhere or when
+// LIVEVSR_HOST_UCONTEXT is defined.
+#if defined(__x86_64__) && !defined(LIVEVSR_HOST_UCONTEXT)
+#define LIVEVSR_ASM_SWITCH 1
 #else
 #include <ucontext.h>
 #endif
@@ -60,7 +64,7 @@ struct Copy {
 
 struct Fiber {
     void* sp = nullptr;
-#if !defined(__x86_64__)
+#if !defined(LIVEVSR_ASM_SWITCH)
     ucontext_t uc;
 #endif
     char* stack_lo = nullptr;  // usable stack [stack_lo, stack_lo + kStackBytes)
@@ -102,7 +106,7 @@ struct Worker {
     std::vector<int> by_rank;
     Fiber* cur = nullptr;
     void* sched_sp = nullptr;
-#if !defined(__x86_64__)
+#if !defined(LIVEVSR_ASM_SWITCH)
     ucontext_t sched_uc;
 #endif
     uint3 block{};
@@ -212,7 +216,7 @@ void locate_tls(Worker* w) {
 
 extern "C" [[noreturn]] void livevsr_fiber_main(Fiber* f);
 
-#if defined(__x86_64__)
+#if defined(LIVEVSR_ASM_SWITCH)
 extern "C" void livevsr_switch(void** save_sp, void* load_sp);
 asm(R"(
     .text
