@@ -76,7 +76,7 @@ def _harness_hash() -> str:
     h = hashlib.sha256()
     for p in sorted(HOST_DIR.rglob("*")):
         if p.is_file():
-            h.update(p.name.encode() + b"\0" + p.read_bytes())
+            h.update(str(p.relative_to(HOST_DIR)).encode() + b"\0" + p.read_bytes())
     h.update(" ".join((CXX, *CXXFLAGS, KERNEL_OPT, RUNTIME_OPT)).encode())
     return h.hexdigest()[:16]
 
@@ -85,10 +85,6 @@ def _run(cmd: list[str]) -> None:
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         raise KernelError(f"host build failed: {' '.join(cmd)}\n{res.stderr}")
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)  # atomic: concurrent builds of the same hash are harmless
 
 
 _build_lock = threading.Lock()
@@ -101,7 +97,7 @@ def _runtime_object(harness: str) -> Path:
             return out
         tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.o")
         _run([CXX, *CXXFLAGS, RUNTIME_OPT, "-c", str(HOST_DIR / "runtime.cpp"), "-o", str(tmp)])
-        _publish(tmp, out)
+        os.replace(tmp, out)
     return out
 
 
@@ -128,7 +124,7 @@ def build(source: str, name: str = "kernel.cu") -> Path:
         _run([CXX, *CXXFLAGS, KERNEL_OPT, *include, "-c", str(work / "driver.cpp"), "-o", str(obj)])
         tmp = work / "module.so"
         _run([CXX, "-shared", "-o", str(tmp), str(obj), str(_runtime_object(harness)), "-pthread", "-ldl"])
-        _publish(tmp, so)
+        os.replace(tmp, so)  # atomic: concurrent builds of one source are harmless
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return so
