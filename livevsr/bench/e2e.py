@@ -83,5 +83,6 @@ def main(argv: list[str]) -> int:
             "date", "command", "device", "model", "output", "attention", "step ms p50 / p95", "fps",
             "stage ms per step (synced steps)", "peak GiB reserved / allocated", "fps / anchor",
         )  # fmt: skip
-        report.append_table_row(args.out, "### FlashVSR step, e2e (fps without per-stage syncs)", columns, line)
+        heading = "### FlashVSR step, e2e (fps without per-stage syncs)"
+        report.append_table_row(args.out, heading, columns, line)
     return 0
