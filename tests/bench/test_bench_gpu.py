@@ -1,0 +1,138 @@
+"""`livevsr bench gpu`: the prepared GPU check, run on the CPU.
+
+``--smoke`` runs every stage (env, kernel_check, tests, attention, engine, profile, both e2e) with a
+tiny model on the CPU, as real subprocesses; the stage runner is also checked with commands that
+fail, hang or print no result: each is reported as such and the stages after it still run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from livevsr.bench import gpu
+
+STAGES = ["env", "kernel_check", "tests", "attention", "engine", "profile", "e2e_1920x1080", "e2e_1408x768"]
+
+
+def test_smoke_run_has_every_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert gpu.main(["--smoke", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["ok"] and report["smoke"] and report["device"] == "cpu"
+    assert list(report["stages"]) == STAGES
+    for name, stage in report["stages"].items():
+        assert stage["status"] == "ok", (name, stage.get("error"), stage.get("output_tail"))
+        assert stage["result"], name
+        assert f"ok       {name}" in printed  # the summary at the end names every stage
+    s = report["stages"]
+    assert s["tests"]["result"]["tests"] >= 2 and s["tests"]["result"]["failures"] == 0
+    assert {k["arch"] for k in s["kernel_check"]["result"]["kernels"]} == {"90"}
+    assert s["attention"]["result"]["results"][0]["flex_ms"]["p50"] > 0
+    assert set(s["engine"]["result"]["stage_ms_per_step"]) == {"dit", "self_attention", "proj_in", "decoder"}
+    assert "peak_reserved_gib" in s["e2e_1408x768"]["result"]
+    assert s["profile"]["result"]["top_cpu_ops"] and s["profile"]["result"]["stages"]["dit"]["ms"] > 0
+    with gzip.open(tmp_path / "trace.json.gz") as f:
+        assert json.load(f)["traceEvents"]
+    md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "### GPU check: `livevsr bench gpu --smoke" in md and ", cpu)" in md
+    assert "### attention:" in md and "### FlashVSR step, e2e" in md
+    for name in STAGES:
+        assert f"| {name} | ok |" in md
+
+
+def _py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def _gone(pid: int, within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[-1].startswith("Z"):
+                    return True  # killed, waiting for init to reap it
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_failing_stages_are_reported_and_the_others_still_run(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    hang = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(120)\n"
+    )
+    stages = [
+        gpu.Stage("bad_args", gpu._bench("attention", "--device", "cpu", "--sizes", "100x100"), 60),
+        gpu.Stage("hang", _py(hang), 3),
+        gpu.Stage("silent", _py("print('no json here')"), 30),
+        gpu.Stage("error_result", _py('print(\'{"bench": "x", "error": "no CUDA device"}\')'), 30),
+        gpu.Stage("crash", _py("raise SystemExit(3)"), 30),
+        gpu.Stage("fine", _py('print("log line"); print(\'{"bench": "x", "value": 1}\')'), 30),
+    ]
+    records = gpu.run_stages(stages, budget_s=120, log_path=tmp_path / "log", echo=False)
+    status = {name: (r["status"], r["error"]) for name, r in records.items()}
+    assert status == {
+        "bad_args": ("failed", "exit status 2"),
+        "hang": ("timeout", "over its 3 s cap"),
+        "silent": ("failed", "no result in its output"),
+        "error_result": ("failed", "no CUDA device"),
+        "crash": ("failed", "exit status 3"),
+        "fine": ("ok", None),
+    }
+    assert records["fine"]["result"] == {"bench": "x", "value": 1}
+    assert "not a positive multiple of 128" in records["bad_args"]["output_tail"]
+    assert records["hang"]["seconds"] < 30
+    assert _gone(int(pid_file.read_text())), "the timed-out stage's own child outlived it"
+    log = (tmp_path / "log").read_text()
+    assert "===== crash: failed" in log and "===== fine: ok" in log
+
+
+def test_stages_past_the_budget_are_skipped_not_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gpu, "MIN_STAGE_S", 1.0)
+    marker = tmp_path / "ran"
+    stages = [
+        gpu.Stage("slow", _py("import time; time.sleep(30)"), 60),
+        gpu.Stage("late", _py(f"open({str(marker)!r}, 'w'); print('{{}}')"), 60),
+    ]
+    records = gpu.run_stages(stages, budget_s=3, log_path=tmp_path / "log", echo=False)
+    assert records["slow"]["status"] == "timeout"  # its cap trimmed to what was left of the budget
+    assert records["late"]["status"] == "skipped" and records["late"]["error"].startswith("budget:")
+    assert not marker.exists()
+
+
+def test_main_writes_failures_down_and_exits_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def plan(out: Path, markdown: Path, smoke: bool) -> list[gpu.Stage]:
+        return [
+            gpu.Stage("env", gpu._py("-m", "livevsr.bench.gpu", "--env-only"), 60),
+            gpu.Stage("crash", _py("raise SystemExit(7)"), 30),
+        ]
+
+    monkeypatch.setattr(gpu, "plan", plan)
+    monkeypatch.setenv("OUT", str(tmp_path))  # the default results folder, as on the GPU machine
+    assert gpu.main([]) == 1
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert not report["ok"] and report["stages"]["env"]["status"] == "ok"
+    assert report["stages"]["crash"]["status"] == "failed"
+    assert "| crash | failed |" in (tmp_path / "BENCHMARKS.md").read_text()
+    assert "failed   crash" in capsys.readouterr().out
+    assert os.environ["OUT"] == str(tmp_path)
+
+
+def test_only_rejects_unknown_stages(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        gpu.main(["--smoke", "--out", str(tmp_path), "--only", "env,nope"])
