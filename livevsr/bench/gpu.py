@@ -70,7 +70,10 @@ def plan(out: Path, markdown: Path, smoke: bool) -> list[Stage]:
     """The stages of a full GPU run, or of a tiny CPU run with ``smoke``."""
     md = str(markdown)
     junit = out / "tests.xml"
-    pytest = _py("-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "-o", "addopts=", "--noconftest")
+    # --confcutdir: tests/conftest.py imports the server (aiortc, not on a GPU image); conftests of
+    # tests/kernels itself still load.
+    pytest = _py("-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "-o", "addopts=")
+    pytest += ["--confcutdir", str(ROOT / "tests" / "kernels")]
     pytest += ["--junitxml", str(junit)]
     env = Stage("env", _py("-m", "livevsr.bench.gpu", "--env-only"), 60)
     if smoke:
