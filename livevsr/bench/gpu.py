@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import shlex
@@ -64,6 +65,12 @@ def _py(*args: str) -> list[str]:
 
 def _bench(*args: str) -> list[str]:
     return _py("-m", "livevsr", "bench", *args)
+
+
+def _workers(n: int) -> list[str]:
+    """pytest-xdist's ``-n`` where it is installed (the GPU image has it): the CPU-side emulation
+    tests then share the machine's cores while the GPU tests run."""
+    return ["-n", str(n)] if importlib.util.find_spec("xdist") else []
 
 
 def plan(out: Path, markdown: Path, smoke: bool) -> list[Stage]:
@@ -153,7 +160,13 @@ def plan(out: Path, markdown: Path, smoke: bool) -> list[Stage]:
         Stage("kernel_check", _py("-m", "livevsr.engines.flashvsr.kernel_check", "--json"), 60),
         Stage(
             "tests",
-            [*pytest, "--durations=10", "tests/kernels", "tests/engines/flashvsr/test_backend_step.py"],
+            [
+                *pytest,
+                *_workers(4),
+                "--durations=10",
+                "tests/kernels",
+                "tests/engines/flashvsr/test_backend_step.py",
+            ],
             150,
             reads="junit",
             junit=junit,
@@ -433,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds for the whole run")
     p.add_argument("--smoke", action="store_true", help="tiny CPU run of every stage (CI), measures nothing")
     p.add_argument("--only", default=None, help="comma-separated stage names to run (default: all)")
+    p.add_argument("--list", action="store_true", help="print the stages (cap, command) and run nothing")
     p.add_argument("--env-only", action="store_true", help=argparse.SUPPRESS)  # the env stage itself
     return p
 
@@ -452,6 +466,10 @@ def main(argv: list[str]) -> int:
         if unknown:
             build_parser().error(f"--only: no stage {', '.join(sorted(unknown))}")
         stages = [s for s in stages if s.name in wanted]
+    if args.list:
+        for s in stages:
+            print(f"{s.name:16s} cap {s.cap_s:4.0f} s  {shlex.join(s.argv)}")
+        return 0
     command = ("livevsr bench gpu " + shlex.join(argv)).strip()
     print(f"{command}: {len(stages)} stages, budget {args.budget:.0f} s, results in {out}", flush=True)
     t0 = time.monotonic()

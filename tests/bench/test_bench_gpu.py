@@ -136,3 +136,26 @@ def test_main_writes_failures_down_and_exits_non_zero(
 def test_only_rejects_unknown_stages(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         gpu.main(["--smoke", "--out", str(tmp_path), "--only", "env,nope"])
+
+
+def test_the_full_plan_covers_the_gpu_run(tmp_path: Path) -> None:
+    stages = {s.name: s for s in gpu.plan(tmp_path, tmp_path / "BENCHMARKS.md", smoke=False)}
+    assert list(stages) == STAGES
+    argv = {name: " ".join(s.argv) for name, s in stages.items()}
+    assert "tests/kernels" in argv["tests"] and "test_backend_step.py" in argv["tests"]
+    assert "--sizes 768x1408,1152x1920" in argv["attention"] and "--no-flex" not in argv["attention"]
+    assert "--breakdown" in argv["engine"] and "--device" not in argv["engine"]  # cuda, full size
+    assert "--size 1920x1080" in argv["e2e_1920x1080"] and "--size 1408x768" in argv["e2e_1408x768"]
+    assert all(
+        "--breakdown" not in argv[n] and "--tiny" not in argv[n] for n in STAGES if n.startswith("e2e")
+    )
+    assert f"--trace {tmp_path / 'trace.json.gz'}" in argv["profile"]
+    assert all(s.cap_s <= gpu.DEFAULT_BUDGET_S / 2 for s in stages.values())  # none can starve the rest
+    assert gpu.DEFAULT_BUDGET_S <= 8 * 60 - 30  # the wheel install and start-up fit in the 8 minutes
+
+
+def test_list_prints_the_stages_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert gpu.main(["--list", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == STAGES
+    assert not (tmp_path / "gpu_check.json").exists()
