@@ -27,6 +27,7 @@ wheels the image lacks (PyAV) and runs this.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -75,119 +76,36 @@ def _workers(n: int) -> list[str]:
 
 def plan(out: Path, markdown: Path, smoke: bool) -> list[Stage]:
     """The stages of a full GPU run, or of a tiny CPU run with ``smoke``."""
-    md = str(markdown)
-    junit = out / "tests.xml"
+    md, trace, junit = str(markdown), str(out / "trace.json.gz"), out / "tests.xml"
     # --confcutdir: tests/conftest.py imports the server (aiortc, not on a GPU image); conftests of
     # tests/kernels itself still load.
-    pytest = _py("-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "-o", "addopts=")
-    pytest += ["--confcutdir", str(ROOT / "tests" / "kernels")]
-    pytest += ["--junitxml", str(junit)]
-    env = Stage("env", _py("-m", "livevsr.bench.gpu", "--env-only"), 60)
+    pytest = _py(*"-m pytest -q -rfEs -p no:cacheprovider -o addopts=".split())
+    pytest += ["--confcutdir", str(ROOT / "tests" / "kernels"), "--junitxml", str(junit)]
+    kernel_check = _py("-m", "livevsr.engines.flashvsr.kernel_check", "--json")
+    stages = [Stage("env", _py("-m", "livevsr.bench.gpu", "--env-only"), 60)]
     if smoke:
-        tiny = ["--tiny", "--device", "cpu", "--steps", "2", "--warmup", "0"]
-        return [
-            env,
-            Stage(
-                "kernel_check",
-                _py("-m", "livevsr.engines.flashvsr.kernel_check", "--json", "--arch", "90"),
-                60,
-            ),
-            Stage(
-                "tests",
-                [
-                    *pytest,
-                    "tests/kernels/test_kv_ring_device.py",
-                    "tests/engines/flashvsr/test_backend_step.py",
-                ],
-                120,
-                reads="junit",
-                junit=junit,
-            ),
-            Stage(
-                "attention",
-                _bench(
-                    "attention",
-                    "--device",
-                    "cpu",
-                    "--sizes",
-                    "128x256",
-                    "--heads",
-                    "2",
-                    "--iters",
-                    "2",
-                    "--warmup",
-                    "0",
-                    "--markdown",
-                    md,
-                ),
-                60,
-            ),  # fmt: skip
-            Stage(
-                "engine",
-                _bench(
-                    "engine",
-                    *tiny,
-                    "--width",
-                    "256",
-                    "--height",
-                    "128",
-                    "--breakdown",
-                    "--breakdown-steps",
-                    "1",
-                ),
-                60,
-            ),
-            Stage(
-                "profile",
-                _bench(
-                    "profile",
-                    *tiny,
-                    "--width",
-                    "256",
-                    "--height",
-                    "128",
-                    "--trace",
-                    str(out / "trace.json.gz"),
-                ),
-                60,
-            ),
+        tiny = "--tiny --device cpu --steps 2 --warmup 0".split()
+        small = [*tiny, "--width", "256", "--height", "128"]
+        tests = ["tests/kernels/test_kv_ring_device.py", "tests/engines/flashvsr/test_backend_step.py"]
+        attention = "attention --device cpu --sizes 128x256 --heads 2 --iters 2 --warmup 0".split()
+        return stages + [
+            Stage("kernel_check", [*kernel_check, "--arch", "90"], 60),
+            Stage("tests", [*pytest, *tests], 120, reads="junit", junit=junit),
+            Stage("attention", _bench(*attention, "--markdown", md), 60),
+            Stage("engine", _bench("engine", *small, "--breakdown", "--breakdown-steps", "1"), 60),
+            Stage("profile", _bench("profile", *small, "--trace", trace), 60),
             Stage("e2e_1920x1080", _bench("e2e", *tiny, "--size", "384x216", "--out", md), 60),
             Stage("e2e_1408x768", _bench("e2e", *tiny, "--size", "256x128", "--out", md), 60),
         ]
-    steps = ["--steps", "10", "--warmup", "2"]
-    return [
-        env,
-        Stage("kernel_check", _py("-m", "livevsr.engines.flashvsr.kernel_check", "--json"), 60),
-        Stage(
-            "tests",
-            [
-                *pytest,
-                *_workers(4),
-                "--durations=10",
-                "tests/kernels",
-                "tests/engines/flashvsr/test_backend_step.py",
-            ],
-            150,
-            reads="junit",
-            junit=junit,
-        ),
-        Stage(
-            "attention",
-            _bench(
-                "attention",
-                "--sizes",
-                "768x1408,1152x1920",
-                "--iters",
-                "20",
-                "--warmup",
-                "3",
-                "--markdown",
-                md,
-            ),
-            150,
-        ),
+    steps = "--steps 10 --warmup 2".split()
+    tests = ["--durations=10", "tests/kernels", "tests/engines/flashvsr/test_backend_step.py"]
+    attention = "attention --sizes 768x1408,1152x1920 --iters 20 --warmup 3".split()
+    return stages + [
+        Stage("kernel_check", kernel_check, 60),
+        Stage("tests", [*pytest, *_workers(4), *tests], 150, reads="junit", junit=junit),
+        Stage("attention", _bench(*attention, "--markdown", md), 150),
         Stage("engine", _bench("engine", *steps, "--breakdown", "--breakdown-steps", "3"), 100),
-        Stage("profile", _bench("profile", "--trace", str(out / "trace.json.gz")), 80),
+        Stage("profile", _bench("profile", "--trace", trace), 80),
         Stage("e2e_1920x1080", _bench("e2e", "--size", "1920x1080", *steps, "--out", md), 90),
         Stage("e2e_1408x768", _bench("e2e", "--size", "1408x768", *steps, "--out", md), 75),
     ]
@@ -249,8 +167,13 @@ def run_stage(stage: Stage, cap_s: float, env: dict[str, str]) -> tuple[dict[str
         output, _ = proc.communicate(timeout=cap_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            output, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:  # something left its group and holds the pipe: stop reading
+            proc.kill()
+            output = "(output lost: a process of this stage outlived it and kept its output open)"
     seconds = round(time.monotonic() - t0, 1)
     result = _junit(stage.junit) if stage.reads == "junit" and stage.junit else _last_json(output)
     error = None
@@ -367,13 +290,26 @@ def figures(name: str, result: dict[str, Any] | None) -> str:
     return "-"
 
 
+def describe(name: str, record: dict[str, Any]) -> str:
+    """What went wrong, if anything, then the figures (a failed test run still lists its failures)."""
+    parts = [record["error"]] if record.get("error") else []
+    if record.get("result"):
+        try:
+            fig = figures(name, record["result"])
+        except (KeyError, TypeError, IndexError) as exc:  # a result of another shape: say so, go on
+            fig = f"(unreadable result: {type(exc).__name__} {exc})"
+        if fig != "-":
+            parts.append(fig)
+    return "; ".join(parts) or "-"
+
+
 def write_markdown(path: Path, command: str, device: str, records: dict[str, dict[str, Any]]) -> None:
     lines = [
         f"\n### GPU check: `{command}` ({report.utc_timestamp()}, {device})\n",
         report.table_header(("stage", "status", "s", "figures")),
     ]
     for name, r in records.items():
-        cell = figures(name, r["result"]) if r["status"] == "ok" else (r.get("error") or "-")
+        cell = describe(name, r)
         lines.append(report.table_row((name, r["status"], r["seconds"], cell.replace("|", "/"))))
     report.append_section(path, lines)
 
@@ -490,8 +426,7 @@ def main(argv: list[str]) -> int:
     write_markdown(markdown, command, device, records)
     print(f"\n== {command} on {device}: {summary['seconds']} s of {args.budget:.0f} s budget")
     for name, r in records.items():
-        line = figures(name, r["result"]) if r["status"] == "ok" else r.get("error")
-        print(f"{r['status']:8s} {name:16s} {r['seconds']:6.1f} s  {line}")
+        print(f"{r['status']:8s} {name:16s} {r['seconds']:6.1f} s  {describe(name, r)}")
     print(f"results: {out / 'gpu_check.json'}, {markdown}, {out / 'gpu_check.log'}")
     return 0 if summary["ok"] else 1
 

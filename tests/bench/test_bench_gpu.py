@@ -91,6 +91,10 @@ def test_failing_stages_are_reported_and_the_others_still_run(tmp_path: Path) ->
         "fine": ("ok", None),
     }
     assert records["fine"]["result"] == {"bench": "x", "value": 1}
+    assert gpu.describe("error_result", records["error_result"]) == "no CUDA device"
+    junit = {"tests": 3, "failures": 1, "errors": 0, "skipped": 1, "failing": ["t::a"]}
+    failed_tests = {"status": "failed", "error": "exit status 1", "result": junit}
+    assert gpu.describe("tests", failed_tests) == "exit status 1; 1 passed, 1 failed, 1 skipped (t::a)"
     assert "not a positive multiple of 128" in records["bad_args"]["output_tail"]
     assert records["hang"]["seconds"] < 30
     assert _gone(int(pid_file.read_text())), "the timed-out stage's own child outlived it"
