@@ -18,7 +18,9 @@ import pytest
 
 from livevsr.bench import gpu
 
-STAGES = ["env", "kernel_check", "tests", "attention", "engine", "profile", "e2e_1920x1080", "e2e_1408x768"]
+STAGES = [
+    "env", "kernel_check", "tests", "attention", "engine", "engine_flex", "profile", "e2e_1920x1080", "e2e_1408x768",
+]  # fmt: skip
 
 
 def test_smoke_run_has_every_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -27,7 +29,10 @@ def test_smoke_run_has_every_section(tmp_path: Path, capsys: pytest.CaptureFixtu
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["ok"] and report["smoke"] and report["device"] == "cpu"
     assert list(report["stages"]) == STAGES
+    assert report["stages"]["engine_flex"]["status"] == "not_needed"  # engine passed
     for name, stage in report["stages"].items():
+        if name == "engine_flex":
+            continue
         assert stage["status"] == "ok", (name, stage.get("error"), stage.get("output_tail"))
         assert stage["result"], name
         assert f"ok       {name}" in printed  # the summary at the end names every stage
@@ -44,7 +49,7 @@ def test_smoke_run_has_every_section(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "### GPU check: `livevsr bench gpu --smoke" in md and ", cpu)" in md
     assert "### attention:" in md and "### FlashVSR step, e2e" in md
     for name in STAGES:
-        assert f"| {name} | ok |" in md
+        assert f"| {name} | {'not_needed' if name == 'engine_flex' else 'ok'} |" in md
 
 
 def _py(code: str) -> list[str]:
@@ -79,6 +84,8 @@ def test_failing_stages_are_reported_and_the_others_still_run(tmp_path: Path) ->
         gpu.Stage("error_result", _py('print(\'{"bench": "x", "error": "no CUDA device"}\')'), 30),
         gpu.Stage("crash", _py("raise SystemExit(3)"), 30),
         gpu.Stage("fine", _py('print("log line"); print(\'{"bench": "x", "value": 1}\')'), 30),
+        gpu.Stage("after_crash", _py("print('{}')"), 30, fallback_for="crash"),
+        gpu.Stage("after_fine", _py("raise SystemExit(1)"), 30, fallback_for="fine"),
     ]
     records = gpu.run_stages(stages, budget_s=120, log_path=tmp_path / "log", echo=False)
     status = {name: (r["status"], r["error"]) for name, r in records.items()}
@@ -89,6 +96,8 @@ def test_failing_stages_are_reported_and_the_others_still_run(tmp_path: Path) ->
         "error_result": ("failed", "no CUDA device"),
         "crash": ("failed", "exit status 3"),
         "fine": ("ok", None),
+        "after_crash": ("ok", None),  # its stage failed: the fallback ran
+        "after_fine": ("not_needed", None),  # its stage passed: not run
     }
     assert records["fine"]["result"] == {"bench": "x", "value": 1}
     assert gpu.describe("error_result", records["error_result"]) == "no CUDA device"
