@@ -255,7 +255,7 @@ def run_stages(
             if echo:
                 r = records[stage.name]
                 print(
-                    f"{r['status']:8s} {stage.name:16s} {r['seconds']:6.1f} s  {r.get('error') or ''}",
+                    f"{r['status']:10s} {stage.name:16s} {r['seconds']:6.1f} s  {r.get('error') or ''}",
                     flush=True,
                 )
     return records
@@ -450,7 +450,7 @@ def main(argv: list[str]) -> int:
     write_markdown(markdown, command, device, records)
     print(f"\n== {command} on {device}: {summary['seconds']} s of {args.budget:.0f} s budget")
     for name, r in records.items():
-        print(f"{r['status']:8s} {name:16s} {r['seconds']:6.1f} s  {describe(name, r)}")
+        print(f"{r['status']:10s} {name:16s} {r['seconds']:6.1f} s  {describe(name, r)}")
     print(f"results: {out / 'gpu_check.json'}, {markdown}, {out / 'gpu_check.log'}")
     return 0 if summary["ok"] else 1
 
