@@ -13,10 +13,13 @@ the whole run's ``--budget``), so a crash, a hang or an overrun of one loses not
   from extra synced steps, peak reserved and allocated memory; ``engine_flex`` runs it with
   FlexAttention only if that failed (say the cupy kernels fail on the device), else "not_needed";
 - ``profile``: ``bench profile``, one steady step under torch.profiler: top kernels, their share;
-- ``e2e_1920x1080``, ``e2e_1408x768``: ``bench e2e`` at the two output sizes.
+- ``e2e_1920x1080``, ``e2e_1408x768``: ``bench e2e`` at the two output sizes;
+- ``ncu_attention``: Nsight Compute's full set on one block_sparse_attn_fwd launch at 768x1408
+  (attn.ncu-rep; duration, throughputs, occupancy in the summary), if ncu is there and time is left.
 
 Everything goes to ``--out`` (default ``$OUT``, else ./gpu-check): gpu_check.json (every stage's
-status, time, result and output tail), gpu_check.log (all output), tests.xml, trace.json.gz, and
+status, time, result and output tail), gpu_check.log (all output), tests.xml, trace.json.gz,
+attn.ncu-rep, and
 BENCHMARKS.md (the benches' own sections plus one summary table, all with the device name). A
 summary is printed at the end. Exit status 0 only if every stage passed (or was not needed).
 
@@ -34,6 +37,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,9 +64,14 @@ class Stage:
     reads: str = "json"  # "json": the last JSON line of stdout; "junit": the pytest XML report
     junit: Path | None = None
     fallback_for: str | None = None  # run only if that stage did not pass (else "not_needed")
+    needs: str | None = None  # a program that must be on PATH (else "unavailable")
 
 
-PASSING = ("ok", "not_needed")  # the statuses a run can end with and still pass
+PASSING = ("ok", "not_needed", "unavailable")  # the statuses a run can end with and still pass
+NCU_METRICS = (  # the lines of ncu's details page that the summary keeps
+    "Duration", "Compute (SM) Throughput", "Memory Throughput", "Registers Per Thread",
+    "Achieved Occupancy", "Theoretical Occupancy", "Executed Ipc Active", "L2 Hit Rate",
+)  # fmt: skip
 
 
 def _py(*args: str) -> list[str]:
@@ -77,6 +86,35 @@ def _workers(n: int) -> list[str]:
     """pytest-xdist's ``-n`` where it is installed (the GPU image has it): the CPU-side emulation
     tests then share the machine's cores while the GPU tests run."""
     return ["-n", str(n)] if importlib.util.find_spec("xdist") else []
+
+
+def _ncu(out: Path, argv: list[str]) -> list[str]:
+    """Nsight Compute's full set on one block_sparse_attn_fwd launch of ``argv``, saved as
+    OUT/attn.ncu-rep, then its details page printed (what the summary reads)."""
+    rep = out / "attn.ncu-rep"
+    profile = [
+        "ncu",
+        "--clock-control",
+        "none",
+        "--target-processes",
+        "all",
+        "-k",
+        "regex:block_sparse_attn_fwd",
+    ]
+    profile += [
+        "-c",
+        "1",
+        "--set",
+        "full",
+        "--import-source",
+        "no",
+        "-f",
+        "-o",
+        str(rep.with_suffix("")),
+        *argv,
+    ]
+    details = ["ncu", "--import", str(rep), "--page", "details"]
+    return ["sh", "-c", f"{shlex.join(profile)} && {shlex.join(details)}"]
 
 
 def plan(out: Path, markdown: Path, smoke: bool) -> list[Stage]:
@@ -107,6 +145,9 @@ def plan(out: Path, markdown: Path, smoke: bool) -> list[Stage]:
     steps = "--steps 10 --warmup 2".split()
     tests = ["--durations=10", "tests/kernels", "tests/engines/flashvsr/test_backend_step.py"]
     attention = "attention --sizes 768x1408,1152x1920 --iters 20 --warmup 3".split()
+    ncu_attention = (
+        "attention --sizes 768x1408 --no-flex --no-sdpa --iters 1 --warmup 0 --no-markdown".split()
+    )
     return stages + [
         Stage("kernel_check", kernel_check, 60),
         Stage("tests", [*pytest, *_workers(4), *tests], 150, reads="junit", junit=junit),
@@ -122,6 +163,7 @@ def plan(out: Path, markdown: Path, smoke: bool) -> list[Stage]:
         Stage("profile", _bench("profile", "--trace", trace), 80),
         Stage("e2e_1920x1080", _bench("e2e", "--size", "1920x1080", *steps, "--out", md), 90),
         Stage("e2e_1408x768", _bench("e2e", "--size", "1408x768", *steps, "--out", md), 75),
+        Stage("ncu_attention", _ncu(out, _bench(*ncu_attention)), 120, reads="ncu", needs="ncu"),
     ]
 
 
@@ -134,6 +176,16 @@ def _last_json(text: str) -> dict[str, Any] | None:
             except ValueError:
                 continue
     return None
+
+
+def _ncu_details(text: str) -> dict[str, Any] | None:
+    """The kept metrics of ncu's details page: {"Duration": "412.35 us", ...}."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        for metric in NCU_METRICS:
+            if line.strip().startswith(metric) and metric not in found:
+                found[metric] = " ".join(line.strip()[len(metric) :].split())
+    return {"metrics": found} if found else None
 
 
 def _junit(path: Path) -> dict[str, Any] | None:
@@ -189,7 +241,12 @@ def run_stage(stage: Stage, cap_s: float, env: dict[str, str]) -> tuple[dict[str
             proc.kill()
             output = "(output lost: a process of this stage outlived it and kept its output open)"
     seconds = round(time.monotonic() - t0, 1)
-    result = _junit(stage.junit) if stage.reads == "junit" and stage.junit else _last_json(output)
+    if stage.reads == "junit" and stage.junit:
+        result = _junit(stage.junit)
+    elif stage.reads == "ncu":
+        result = _ncu_details(output)
+    else:
+        result = _last_json(output)
     error = None
     if timed_out:
         status, error = "timeout", f"over its {cap_s:.0f} s cap"
@@ -234,6 +291,15 @@ def run_stages(
                     "seconds": 0.0,
                     "error": None,
                     "note": f"{stage.fallback_for} passed",
+                    "command": shlex.join(stage.argv),
+                    "result": None,
+                }
+            elif stage.needs and not shutil.which(stage.needs):
+                records[stage.name] = {
+                    "status": "unavailable",
+                    "seconds": 0.0,
+                    "error": None,
+                    "note": f"no {stage.needs} on PATH",
                     "command": shlex.join(stage.argv),
                     "result": None,
                 }
@@ -305,6 +371,8 @@ def figures(name: str, result: dict[str, Any] | None) -> str:
         if result.get("stage_ms_per_step"):
             line += ", synced stages " + ", ".join(f"{k} {v}" for k, v in result["stage_ms_per_step"].items())
         return line
+    if name.startswith("ncu"):
+        return ", ".join(f"{k} {v}" for k, v in result.get("metrics", {}).items()) or "-"
     if name == "profile":
         top = result.get("top_kernels") or result.get("top_cpu_ops") or []
         busy = result.get("gpu_busy_pct")
@@ -316,7 +384,7 @@ def figures(name: str, result: dict[str, Any] | None) -> str:
 
 def describe(name: str, record: dict[str, Any]) -> str:
     """What went wrong, if anything, then the figures (a failed test run still lists its failures)."""
-    parts = [record["error"]] if record.get("error") else []
+    parts = [record[k] for k in ("error", "note") if record.get(k)]
     if record.get("result"):
         try:
             fig = figures(name, record["result"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_smoke_run_has_every_section(tmp_path: Path, capsys: pytest.CaptureFixtu
             continue
         assert stage["status"] == "ok", (name, stage.get("error"), stage.get("output_tail"))
         assert stage["result"], name
-        assert f"ok       {name}" in printed  # the summary at the end names every stage
+        assert re.search(rf"^ok +{name} ", printed, re.M)  # the summary at the end names every stage
     s = report["stages"]
     assert s["tests"]["result"]["tests"] >= 2 and s["tests"]["result"]["failures"] == 0
     assert {k["arch"] for k in s["kernel_check"]["result"]["kernels"]} == {"90"}
@@ -142,7 +143,7 @@ def test_main_writes_failures_down_and_exits_non_zero(
     assert not report["ok"] and report["stages"]["env"]["status"] == "ok"
     assert report["stages"]["crash"]["status"] == "failed"
     assert "| crash | failed |" in (tmp_path / "BENCHMARKS.md").read_text()
-    assert "failed   crash" in capsys.readouterr().out
+    assert re.search(r"^failed +crash ", capsys.readouterr().out, re.M)
     assert os.environ["OUT"] == str(tmp_path)
 
 
@@ -153,7 +154,10 @@ def test_only_rejects_unknown_stages(tmp_path: Path) -> None:
 
 def test_the_full_plan_covers_the_gpu_run(tmp_path: Path) -> None:
     stages = {s.name: s for s in gpu.plan(tmp_path, tmp_path / "BENCHMARKS.md", smoke=False)}
-    assert list(stages) == STAGES
+    assert list(stages) == [*STAGES, "ncu_attention"]
+    assert (
+        stages["ncu_attention"].needs == "ncu" and "block_sparse_attn_fwd" in stages["ncu_attention"].argv[-1]
+    )
     argv = {name: " ".join(s.argv) for name, s in stages.items()}
     assert "tests/kernels" in argv["tests"] and "test_backend_step.py" in argv["tests"]
     assert "--sizes 768x1408,1152x1920" in argv["attention"] and "--no-flex" not in argv["attention"]
@@ -170,5 +174,37 @@ def test_the_full_plan_covers_the_gpu_run(tmp_path: Path) -> None:
 def test_list_prints_the_stages_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert gpu.main(["--list", "--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [ln.split()[0] for ln in lines] == STAGES
+    assert [ln.split()[0] for ln in lines] == [*STAGES, "ncu_attention"]
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_a_stage_whose_program_is_missing_is_unavailable_not_failed(tmp_path: Path) -> None:
+    stages = [gpu.Stage("prof", ["no-such-profiler-here", "--version"], 30, needs="no-such-profiler-here")]
+    records = gpu.run_stages(stages, budget_s=60, log_path=tmp_path / "log", echo=False)
+    assert records["prof"]["status"] == "unavailable" and records["prof"]["status"] in gpu.PASSING
+    assert gpu.describe("prof", records["prof"]) == "no no-such-profiler-here on PATH"
+
+
+def test_ncu_details_keep_the_summary_metrics() -> None:
+    page = """  block_sparse_attn_fwd (66, 12, 1)x(256, 1, 1), Context 1, Stream 7, Device 0, CC 9.0
+    Section: GPU Speed Of Light Throughput
+    ----------------------- ----------- ------------
+    Metric Name             Metric Unit Metric Value
+    ----------------------- ----------- ------------
+    Memory Throughput                 %        41.20
+    Duration                         us       512.03
+    Compute (SM) Throughput           %        63.75
+    Section: Occupancy
+    Achieved Occupancy                %        12.40
+"""
+    got = gpu._ncu_details(page)
+    assert got == {
+        "metrics": {
+            "Memory Throughput": "% 41.20",
+            "Duration": "us 512.03",
+            "Compute (SM) Throughput": "% 63.75",
+            "Achieved Occupancy": "% 12.40",
+        }
+    }
+    assert gpu.figures("ncu_attention", got).startswith("Memory Throughput % 41.20, Duration us 512.03")
+    assert gpu._ncu_details("==ERROR== no kernels were profiled") is None
