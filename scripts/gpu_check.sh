@@ -7,7 +7,7 @@
 #     bash scripts/gpu_check.sh --fetch-wheels     # PyAV for CPython 3.12 on x86-64 Linux into .whl/
 # then, on the GPU machine, with .whl/ copied along:
 #     bash scripts/gpu_check.sh [livevsr bench gpu options, e.g. --budget 450 --only tests,attention]
-# Results: $OUT (else ./gpu-check): gpu_check.json, gpu_check.log, BENCHMARKS.md, tests.xml,
+# Results: $OUT (else ./gpu-check): gpu_check.json, gpu_check.log, BENCHMARKS.md, tests.xml, attn.ncu-rep,
 # trace.json.gz; a summary is printed at the end. Exit status: 0 only if every stage passed.
 set -u
 cd "$(dirname "$0")/.."
