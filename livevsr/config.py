@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from livevsr.engines.registry import AUTO, engine_names
 from livevsr.errors import ConfigError
 
 
@@ -98,7 +99,7 @@ class StreamConfig:
     pull: str = ""  # pull the input from this URL (rtmp://, srt://, rtsp://, http(s)://, a file) instead
     relays: list[str] = field(default_factory=list)  # push the upscaled stream to these rtmp(s):// URLs
     record: bool = False  # record the upscaled stream to record.dir, a new file per publish
-    engine: str = ""  # this stream's engine: "" = engine.name | auto | bicubic | flashvsr
+    engine: str = ""  # this stream's engine: "" = engine.name | auto | a name in engines/registry.py
     # Height of the upscaled picture sent out; the width follows the input's aspect ratio (even).
     # 0 = the engine's native 4x (a 480x270 input gives 1920x1080).
     output_height: int = 0
@@ -109,9 +110,10 @@ class StreamConfig:
                 f"{key}.output_height: expected 0 (native 4x) or an even height 64..4320, "
                 f"got {self.output_height!r}"
             )
-        if self.engine not in ("", "auto", "bicubic", "flashvsr"):
+        if self.engine and self.engine not in (AUTO, *engine_names()):
             raise ConfigError(
-                f"{key}.engine: expected auto, bicubic, flashvsr or '' (engine.name), got {self.engine!r}"
+                f"{key}.engine: expected {', '.join((AUTO, *engine_names()))} or '' (engine.name), "
+                f"got {self.engine!r}"
             )
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
             raise ConfigError(f"{key}.name: expected letters, digits, '-' or '_', got {self.name!r}")
@@ -188,14 +190,15 @@ class FlashVSRConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    name: str = (
-        "auto"  # auto (flashvsr if weights and a CUDA GPU are present, else bicubic) | bicubic | flashvsr
-    )
+    # auto (the best engine that runs here: flashvsr with weights and a CUDA GPU, else bicubic) or
+    # the name of an engine in engines/registry.py
+    name: str = AUTO
     flashvsr: FlashVSRConfig = field(default_factory=FlashVSRConfig)
 
     def check(self, key: str) -> None:
-        if self.name not in ("auto", "bicubic", "flashvsr"):
-            raise ConfigError(f"{key}.name: expected auto, bicubic or flashvsr, got {self.name!r}")
+        if self.name not in (AUTO, *engine_names()):
+            *first, last = (AUTO, *engine_names())
+            raise ConfigError(f"{key}.name: expected {', '.join(first)} or {last}, got {self.name!r}")
         self.flashvsr.check(f"{key}.flashvsr")
 
 
