@@ -27,6 +27,29 @@ def _host_port(key: str, value: str) -> None:
         raise ConfigError(f"{key}: expected 'HOST:PORT' (e.g. '0.0.0.0:1935'), got {value!r}")
 
 
+def parse_size_rate(value: str) -> tuple[int, int, float]:
+    """'1920x1080@30' -> (1920, 1080, 30.0); ValueError if it is not that."""
+    size, sep, rate = value.partition("@")
+    width, x, height = size.partition("x")
+    if not (sep and x and width.isdigit() and height.isdigit()):
+        raise ValueError(value)
+    w, h, f = int(width), int(height), float(rate)
+    if w < 2 or h < 2 or not 0 < f <= 240:
+        raise ValueError(value)
+    return w, h, f
+
+
+def _size_rate_or_keyword(key: str, value: str) -> None:
+    if value in ("auto", "off"):
+        return
+    try:
+        parse_size_rate(value)
+    except ValueError:
+        raise ConfigError(
+            f"{key}: expected auto, off or WIDTHxHEIGHT@FPS (e.g. 1920x1080@30), got {value!r}"
+        ) from None
+
+
 def split_host_port(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host or "0.0.0.0", int(port)
@@ -193,9 +216,13 @@ class EngineConfig:
     # auto (the best engine that runs here: flashvsr with weights and a CUDA GPU, else bicubic) or
     # the name of an engine in engines/registry.py
     name: str = AUTO
+    # Live streams: the input is downscaled to at most this pixel rate before the engine (see
+    # pipeline/sizing.py). auto = the engine's real-time limit in engines/registry.py | off | WxH@FPS
+    max_input: str = "auto"
     flashvsr: FlashVSRConfig = field(default_factory=FlashVSRConfig)
 
     def check(self, key: str) -> None:
+        _size_rate_or_keyword(f"{key}.max_input", self.max_input)
         if self.name not in (AUTO, *engine_names()):
             *first, last = (AUTO, *engine_names())
             raise ConfigError(f"{key}.name: expected {', '.join(first)} or {last}, got {self.name!r}")
@@ -233,9 +260,15 @@ class EncoderConfig:
     bitrate_bps: int = 12_000_000  # 1440p30 needs 12-20 Mb/s for a clean picture
     preset: str = "auto"  # libx264: auto (the best preset this CPU keeps up with) | ultrafast .. medium
     keyframe_interval_s: float = 2.0  # and a keyframe whenever a viewer joins
-    source_rendition: bool = True  # also encode the original (input size) for the viewer's compare mode
+    # the original as the engine sees it (after any live downscale), for the viewer's compare mode
+    source_rendition: bool = True
+    # Live streams: the largest output, a frame size at a frame rate (what counts is the pixel rate).
+    # auto = 3840x2160@30 (H.264 level 5.1) with h264_nvenc; with libx264 what this CPU's cores
+    # encode in real time, within 3840x2160 | off | WxH@FPS
+    max_output: str = "auto"
 
     def check(self, key: str) -> None:
+        _size_rate_or_keyword(f"{key}.max_output", self.max_output)
         presets = ("auto", "ultrafast", "superfast", "veryfast", "faster", "fast", "medium")
         if self.preset not in presets:
             raise ConfigError(f"{key}.preset: expected one of {', '.join(presets)}, got {self.preset!r}")
