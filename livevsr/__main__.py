@@ -9,6 +9,7 @@ import logging
 import sys
 
 from livevsr import __version__
+from livevsr.engines.registry import AUTO, engine_names
 from livevsr.errors import LiveVSRError
 
 log = logging.getLogger("livevsr")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--config", default=None, help="YAML config file (default: built-in defaults)")
-    p.add_argument("--engine", choices=("auto", "bicubic", "flashvsr"), default=None)
+    p.add_argument("--engine", choices=(AUTO, *engine_names()), default=None)
     p.add_argument(
         "--height",
         type=_output_height,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 
@@ -54,9 +53,8 @@ class App:
         loop = asyncio.get_running_loop()
         restrict_ice_addresses(self.config.webrtc.ice_host_addresses)
         self.manager = StreamManager(self.config, self.engine_choice, self.metrics, loop)
-        if any(s.engine_choice.name == "flashvsr" for s in self.manager.streams.values()):
-            flashvsr = dataclasses.replace(self.engine_choice, name="flashvsr")
-            await asyncio.to_thread(preload, flashvsr, self.config.engine)  # weights load once, off the loop
+        for choice in {s.engine_choice.name: s.engine_choice for s in self.manager.streams.values()}.values():
+            await asyncio.to_thread(preload, choice, self.config.engine)  # weights load once, off the loop
         self._add_outputs()
         log.info(
             "livevsr %s: engine %s (%s)", __version__, self.engine_choice.name, self.engine_choice.reason

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from livevsr.engines.registry import AUTO, engine_names
 from livevsr.errors import ConfigError
 
 
@@ -24,6 +25,29 @@ def _host_port(key: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{key}: expected 'HOST:PORT' (e.g. '0.0.0.0:1935'), got {value!r}")
+
+
+def parse_size_rate(value: str) -> tuple[int, int, float]:
+    """'1920x1080@30' -> (1920, 1080, 30.0); ValueError if it is not that."""
+    size, sep, rate = value.partition("@")
+    width, x, height = size.partition("x")
+    if not (sep and x and width.isdigit() and height.isdigit()):
+        raise ValueError(value)
+    w, h, f = int(width), int(height), float(rate)
+    if w < 2 or h < 2 or not 0 < f <= 240:
+        raise ValueError(value)
+    return w, h, f
+
+
+def _size_rate_or_keyword(key: str, value: str) -> None:
+    if value in ("auto", "off"):
+        return
+    try:
+        parse_size_rate(value)
+    except ValueError:
+        raise ConfigError(
+            f"{key}: expected auto, off or WIDTHxHEIGHT@FPS (e.g. 1920x1080@30), got {value!r}"
+        ) from None
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -98,7 +122,7 @@ class StreamConfig:
     pull: str = ""  # pull the input from this URL (rtmp://, srt://, rtsp://, http(s)://, a file) instead
     relays: list[str] = field(default_factory=list)  # push the upscaled stream to these rtmp(s):// URLs
     record: bool = False  # record the upscaled stream to record.dir, a new file per publish
-    engine: str = ""  # this stream's engine: "" = engine.name | auto | bicubic | flashvsr
+    engine: str = ""  # this stream's engine: "" = engine.name | auto | a name in engines/registry.py
     # Height of the upscaled picture sent out; the width follows the input's aspect ratio (even).
     # 0 = the engine's native 4x (a 480x270 input gives 1920x1080).
     output_height: int = 0
@@ -109,9 +133,10 @@ class StreamConfig:
                 f"{key}.output_height: expected 0 (native 4x) or an even height 64..4320, "
                 f"got {self.output_height!r}"
             )
-        if self.engine not in ("", "auto", "bicubic", "flashvsr"):
+        if self.engine and self.engine not in (AUTO, *engine_names()):
             raise ConfigError(
-                f"{key}.engine: expected auto, bicubic, flashvsr or '' (engine.name), got {self.engine!r}"
+                f"{key}.engine: expected {', '.join((AUTO, *engine_names()))} or '' (engine.name), "
+                f"got {self.engine!r}"
             )
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
             raise ConfigError(f"{key}.name: expected letters, digits, '-' or '_', got {self.name!r}")
@@ -188,14 +213,19 @@ class FlashVSRConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    name: str = (
-        "auto"  # auto (flashvsr if weights and a CUDA GPU are present, else bicubic) | bicubic | flashvsr
-    )
+    # auto (the best engine that runs here: flashvsr with weights and a CUDA GPU, else bicubic) or
+    # the name of an engine in engines/registry.py
+    name: str = AUTO
+    # Live streams: the input is downscaled to at most this pixel rate before the engine (see
+    # pipeline/sizing.py). auto = the engine's real-time limit in engines/registry.py | off | WxH@FPS
+    max_input: str = "auto"
     flashvsr: FlashVSRConfig = field(default_factory=FlashVSRConfig)
 
     def check(self, key: str) -> None:
-        if self.name not in ("auto", "bicubic", "flashvsr"):
-            raise ConfigError(f"{key}.name: expected auto, bicubic or flashvsr, got {self.name!r}")
+        _size_rate_or_keyword(f"{key}.max_input", self.max_input)
+        if self.name not in (AUTO, *engine_names()):
+            *first, last = (AUTO, *engine_names())
+            raise ConfigError(f"{key}.name: expected {', '.join(first)} or {last}, got {self.name!r}")
         self.flashvsr.check(f"{key}.flashvsr")
 
 
@@ -230,9 +260,15 @@ class EncoderConfig:
     bitrate_bps: int = 12_000_000  # 1440p30 needs 12-20 Mb/s for a clean picture
     preset: str = "auto"  # libx264: auto (the best preset this CPU keeps up with) | ultrafast .. medium
     keyframe_interval_s: float = 2.0  # and a keyframe whenever a viewer joins
-    source_rendition: bool = True  # also encode the original (input size) for the viewer's compare mode
+    # the original as the engine sees it (after any live downscale), for the viewer's compare mode
+    source_rendition: bool = True
+    # Live streams: the largest output, a frame size at a frame rate (what counts is the pixel rate).
+    # auto = 3840x2160@30 (H.264 level 5.1) with h264_nvenc; with libx264 what this CPU's cores
+    # encode in real time, within 3840x2160 | off | WxH@FPS
+    max_output: str = "auto"
 
     def check(self, key: str) -> None:
+        _size_rate_or_keyword(f"{key}.max_output", self.max_output)
         presets = ("auto", "ultrafast", "superfast", "veryfast", "faster", "fast", "medium")
         if self.preset not in presets:
             raise ConfigError(f"{key}.preset: expected one of {', '.join(presets)}, got {self.preset!r}")

@@ -605,7 +605,13 @@
     setText('st-engine-reason', (s.engine && s.engine.reason) || '–');
     const load = s.engine && s.engine.load;
     setText('st-engine-load', load == null ? '–' : `${Math.round(load * 100)} %`);
-    setText('st-res', s.input ? `${size(s.input)} → ${size(s.output)}` : '–');
+    // live sizing: what the engine was given and why, and whether the output keeps the input's fps
+    const sc = s.scaling;
+    const via = sc && sc.downscaled ? ` → ${size(sc.engine_input)}` : '';
+    setText('st-res', s.input ? `${size(s.input)}${via} → ${size(s.output)}` : '–');
+    const sizing = sc ? [sc.downscaled ? `downscaled for the engine: ${sc.reason}` : sc.reason, sc.frame_rate] : [];
+    setText('st-scaling', sizing.filter(Boolean).join('. ') || '–');
+    $('st-scaling').classList.toggle('warn', Boolean(sc && sc.frame_rate));
     const f = s.frames || {};
     let fpsIn = s.input ? s.input.fps : null;
     let fpsOut = s.output ? s.output.fps : null;

@@ -36,6 +36,7 @@ import av
 import numpy as np
 
 from livevsr.bench import report
+from livevsr.engines.registry import AUTO, engine_names
 from livevsr.telemetry import barcode
 
 STREAM_NAME = "main"
@@ -302,7 +303,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--engine", choices=("auto", "bicubic", "flashvsr"), default=None,
+    parser.add_argument("--engine", choices=(AUTO, *engine_names()), default=None,
                         help="default: bicubic, or the config's engine when --config is given")
     parser.add_argument("--config", type=Path, default=None,
                         help="take engine, encoder and pipeline settings from this YAML (ports are ignored)")

@@ -1,4 +1,4 @@
-"""The engine interface every upscaler implements, and the registry that picks one.
+"""The engine interface every upscaler implements (engines/registry.py lists them and picks one).
 
 Frames travel as ``av.VideoFrame`` in and out: the pipeline never touches pixels itself. Outputs come
 back in input order; an engine with lookahead returns fewer frames than it was given while warming

@@ -465,6 +465,10 @@ class _Connection:
             if changed:  # some muxers (GStreamer flvmux) repeat onMetaData every few frames
                 text = "%s metadata: %sx%s @ %s fps, video codec %s, audio codec %s, encoder '%s'"
                 log.info(text, self.prefix, *summary)
+            # The frame rate before the first frame: live sizing (pipeline/sizing.py) plans with it.
+            fps, set_fps = values[1].get("framerate"), getattr(self.sink, "set_source_fps", None)
+            if set_fps is not None and isinstance(fps, (int, float)) and 0 < fps <= 240:
+                set_fps(float(fps))
 
     def _on_aggregate(self, message: Message, recv_ns: int) -> None:
         """An aggregate message holds FLV tags back to back (RTMP spec 7.1.6)."""

@@ -11,7 +11,8 @@ Two rules keep the streams already running at full rate:
   far more than bicubic on a box without a GPU, and other programs on the box count too);
 - a stream admitted into a device that then stays overloaded (load above capacity for a few
   seconds) is ended with the reason, if it is the newest on the device and still on probation.
-A session too young to be measured reserves ``STARTING_LOAD`` of its device meanwhile.
+A session too young to be measured reserves its engine's ``starting_load`` (engines/registry.py)
+of its device meanwhile.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from livevsr.engines.registry import engine_spec
+
 SMOOTHING = 0.5  # weight of the newest one-second sample: a few seconds of memory
 STARTING_S = 5.0  # engine warm-up (weights to the GPU, first chunks): no trustworthy load yet
-# FlashVSR at live rates needs most of a GPU for one stream (BENCHMARKS.md): until measured, a
-# starting flashvsr session holds the whole device, so two cannot start into one GPU at once.
-STARTING_LOAD = {"flashvsr": 1.0}
 OVERLOAD_SAMPLES = 3  # consecutive samples above capacity before the newest stream is ended
 PROBATION_S = 60.0  # how long after its start a stream can still be ended for overloading
 RECONNECT_GRACE_S = 15.0  # a stream back this soon is a reconnect: its past load is its own
@@ -56,7 +56,7 @@ class MeasuredSession(Protocol):
 class _Tracked:
     session: MeasuredSession
     device: str
-    engine: str
+    starting_load: float
     started: float
     busy_s: float
     sampled_at: float
@@ -82,9 +82,13 @@ class LoadMonitor:
         self.machine_cpu: float | None = None  # smoothed share of all cores in use
         self._ended: dict[str, float] = {}  # stream -> when its last tracked session ended
 
-    def track(self, session: MeasuredSession, device: str, engine: str) -> None:
+    def track(self, session: MeasuredSession, device: str, starting_load: float | str) -> None:
+        """``starting_load``: the share of ``device`` the session holds until measured, or the name
+        of its engine (the registry's figure)."""
+        if isinstance(starting_load, str):
+            starting_load = engine_spec(starting_load).starting_load
         now = self._clock()
-        self._tracked.append(_Tracked(session, device, engine, now, session.engine_busy_s, now))
+        self._tracked.append(_Tracked(session, device, starting_load, now, session.engine_busy_s, now))
 
     def sample(self) -> list[tuple[MeasuredSession, str]]:
         """Update every session's load; returns (session, reason) for sessions to end."""
@@ -147,7 +151,7 @@ class LoadMonitor:
             starting = now - t.started < STARTING_S
             load = t.load or 0.0
             if starting:
-                load = max(load, STARTING_LOAD.get(t.engine, 0.0))
+                load = max(load, t.starting_load)
             total += load
             shares[t.session.name] = f"{load:.0%}" + (" starting" if starting else "")
         return total / self.capacity.get(device, 1.0), shares

@@ -47,11 +47,8 @@ class StreamManager:
         self.accepting = True
 
     def device(self, stream: Stream) -> str:
-        """Where a stream's engine computes: the GPU flashvsr runs on; bicubic (swscale) on the CPU."""
-        if stream.engine_choice.name != "flashvsr":
-            return "cpu"
-        device = self.config.engine.flashvsr.device
-        return "cuda:0" if device == "cuda" else device
+        """Where a stream's engine computes (its registry entry says): a GPU, or "cpu"."""
+        return stream.engine_choice.spec.device(self.config.engine)
 
     def open_publish(self, key: str, source: str, *, pull: bool = False) -> PublishSession:
         """``pull``: the stream's own pull source is opening it (the only way into a pulled stream)."""
@@ -71,7 +68,7 @@ class StreamManager:
         if refusal is not None:
             raise IngestError(refusal)
         session = stream.start_session(source)
-        self.load.track(session, device, stream.engine_choice.name)
+        self.load.track(session, device, stream.engine_choice.spec.starting_load)
         return session
 
     async def _sample_load(self) -> None:

@@ -22,11 +22,13 @@ import av
 from livevsr.config import Config, StreamConfig
 from livevsr.engines.base import Engine
 from livevsr.engines.registry import EngineChoice
+from livevsr.engines.resize import resize
 from livevsr.ingest.base import AudioPacket, VideoPacket
 from livevsr.pipeline.decode import BACKLOG_PACKETS, DecodedFrame, DecodeThread
 from livevsr.pipeline.encode_worker import EncodeWorker
 from livevsr.pipeline.fanout import AUDIO_QUEUE_PACKETS, Broadcaster, EncodedFrame
 from livevsr.pipeline.ring import FrameRing
+from livevsr.pipeline.sizing import LiveSizing, SizePlan, frame_rate_note
 from livevsr.pipeline.worker import EngineWorker, UpscaledFrame
 from livevsr.telemetry.metrics import Metrics, RollingStats
 from livevsr.telemetry.timing import FrameTiming
@@ -103,6 +105,8 @@ class Stream:
         self.output_size: tuple[int, int] | None = None
         self.source_fps = 0.0
         self.engine_load: float | None = None  # measured by the manager's LoadMonitor
+        self.sizing = LiveSizing(config, engine_choice.spec, stream_config.output_height)
+        self.scaling: SizePlan | None = None  # the current publish's sizes and why (pipeline/sizing.py)
         self.counts = {"received": 0, "decoded": 0, "upscaled": 0, "encoded": 0}
         self.dropped: dict[str, int] = {}
         self._drop_lock = threading.Lock()
@@ -130,6 +134,7 @@ class Stream:
             # The same publisher reconnecting before its old connection timed out wins.
             self.session.close("replaced by a new publish of the same stream")
         self.stats.reset()
+        self.scaling = None
         self.session = PublishSession(self, source)
         self.sessions_running.add(self.session)
         self.state, self.reason = "starting", f"publisher connected ({source})"
@@ -202,11 +207,19 @@ class Stream:
             {"width": self.input_size[0], "height": self.input_size[1], "fps": fps_in},
             "output": None if self.output_size is None else
             {"width": self.output_size[0], "height": self.output_size[1], "fps": fps_out},
+            "scaling": self._scaling_snapshot(fps_in, fps_out),
             "frames": {**self.counts, "dropped": dict(self.dropped)},
             "latency_ms": self.stats.percentiles_ms(),
             "viewers": self.viewer_count,
             "renditions": list(RENDITIONS) if self.config.encoder.source_rendition else ["upscaled"],
         }  # fmt: skip
+
+    def _scaling_snapshot(self, fps_in: float, fps_out: float) -> dict | None:
+        plan = self.scaling
+        if plan is None:
+            return None
+        live = self.state == "live"
+        return {**plan.as_dict(), "frame_rate": frame_rate_note(fps_in, fps_out) if live else None}
 
 
 class PublishSession:
@@ -223,6 +236,7 @@ class PublishSession:
         self._frame_ids = itertools.count()
         self._fps_hint = 0.0
         self._dts_seen: list[int] = []
+        self._plan: SizePlan | None = None  # this publish's sizes (decode thread)
         self.last_pts_90k = stream.last_pts_90k
         cfg = stream.config
         self.engine = stream.engine_factory()
@@ -340,9 +354,20 @@ class PublishSession:
     # -- worker callbacks (worker threads) ----------------------------------------------------------
 
     def _on_decoded(self, item: DecodedFrame) -> None:
-        self.stream.count("decoded")
-        self.stream.stats.tick("in")
-        self.stream.input_size = (item.frame.width, item.frame.height)
+        """Every decoded frame, before the ring: sized for the engine (pipeline/sizing.py)."""
+        stream, frame = self.stream, item.frame
+        stream.count("decoded")
+        stream.stats.tick("in")
+        stream.input_size = (frame.width, frame.height)
+        plan = self._plan
+        if LiveSizing.stale(plan, frame.width, frame.height, self.fps_hint()):
+            plan = self._plan = stream.sizing.plan(frame.width, frame.height, self.fps_hint())
+            if stream.session is self:
+                stream.scaling = plan
+            log.info("[%s] %s", self.name, plan.describe())
+        if plan.downscaled:
+            # Downscaled here, not in the engine thread: the ring then holds small frames.
+            item.frame = resize(frame, *plan.engine_input)
 
     def _on_encoded(self, item: UpscaledFrame) -> None:
         stream = self.stream

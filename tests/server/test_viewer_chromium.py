@@ -248,3 +248,31 @@ async def test_viewer_plays_the_stream_sound_on_request(app: App) -> None:
             raise
         finally:
             await publisher
+
+
+async def test_viewer_says_when_and_why_the_input_was_downscaled() -> None:
+    """encoder.max_output below the 4x of the input: the panel shows input → engine input → output
+    and the reason, as /api/streams has them (pipeline/sizing.py)."""
+    import threading
+
+    from livevsr.testing.publisher import publish
+
+    config = make_config("main")
+    config = dataclasses.replace(config, encoder=dataclasses.replace(config.encoder, max_output="640x360@15"))
+    app = App(config)
+    await app.start()
+    stop = threading.Event()
+    rtmp_url = f"rtmp://127.0.0.1:{app.rtmp_port}/live/k1"
+    publisher = asyncio.create_task(asyncio.to_thread(publish, rtmp_url, WIDTH, HEIGHT, FPS, 600, stop=stop))
+    try:
+        async with Chromium(f"http://127.0.0.1:{app.http_port}/view/main") as browser:
+            await browser.wait_for(f"{VIDEO}.videoWidth > 0", timeout_s=40)
+            assert await browser.evaluate(f"[{VIDEO}.videoWidth, {VIDEO}.videoHeight]") == [640, 360]
+            res = "document.getElementById('st-res').textContent"
+            await browser.wait_for(f"{res} === '320×180 → 160×90 → 640×360'", timeout_s=10)
+            sizing = await browser.evaluate("document.getElementById('st-scaling').textContent")
+            assert sizing == "downscaled for the engine: output cap 640x360@15 (encoder.max_output)"
+    finally:
+        stop.set()
+        await publisher
+        await app.stop()
