@@ -33,7 +33,7 @@ from pathlib import Path
 import aiohttp
 
 from livevsr.app import restrict_ice_addresses
-from livevsr.bench import report
+from livevsr.bench import help_text, report
 from livevsr.testing.publisher import publish
 from livevsr.testing.whep_client import WhepClient
 
@@ -320,7 +320,7 @@ def _markdown(result: dict, command: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="livevsr bench soak", description=__doc__)
+    parser = argparse.ArgumentParser(prog="livevsr bench soak", description=help_text(__doc__))
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--size", default="640x360", help="publisher size WxH (even numbers)")
     parser.add_argument("--fps", type=float, default=30.0)
