@@ -103,8 +103,11 @@ class Stream:
         self.output_size: tuple[int, int] | None = None
         self.source_fps = 0.0
         self.engine_load: float | None = None  # measured by the manager's LoadMonitor
-        self.counts = {"received": 0, "decoded": 0, "upscaled": 0, "encoded": 0}
+        self.counts = {"received": 0, "decoded": 0, "upscaled": 0, "encoded": 0}  # since the server started
         self.dropped: dict[str, int] = {}
+        # counts and dropped when the current (or last) publish started: /api/streams shows the
+        # publish people are looking at, not what earlier publishers left behind.
+        self._publish_base: tuple[dict[str, int], dict[str, int]] = (dict(self.counts), {})
         self._drop_lock = threading.Lock()
         self._drops_unlogged: dict[str, int] = {}
         self._drops_logged_at = 0.0
@@ -130,6 +133,7 @@ class Stream:
             # The same publisher reconnecting before its old connection timed out wins.
             self.session.close("replaced by a new publish of the same stream")
         self.stats.reset()
+        self._publish_base = (dict(self.counts), dict(self.dropped))
         self.session = PublishSession(self, source)
         self.sessions_running.add(self.session)
         self.state, self.reason = "starting", f"publisher connected ({source})"
@@ -144,6 +148,7 @@ class Stream:
         self.last_pts_90k = max(self.last_pts_90k, session.last_pts_90k) + 3000
         self.state = "error" if error else "idle"
         self.reason = reason if error else f"waiting for a publisher (last: {reason})"
+        self.stats.reset_rates()  # nothing comes in or goes out now; latencies stay for a look back
         self.metrics.live.labels(self.name).set(0)
         log.info("[%s] publish ended: %s", self.name, reason)
 
@@ -202,11 +207,20 @@ class Stream:
             {"width": self.input_size[0], "height": self.input_size[1], "fps": fps_in},
             "output": None if self.output_size is None else
             {"width": self.output_size[0], "height": self.output_size[1], "fps": fps_out},
-            "frames": {**self.counts, "dropped": dict(self.dropped)},
+            "frames": self._publish_frames(),  # the current (or last) publish
+            "frames_total": {**self.counts, "dropped": dict(self.dropped)},  # every publish since start
             "latency_ms": self.stats.percentiles_ms(),
             "viewers": self.viewer_count,
             "renditions": list(RENDITIONS) if self.config.encoder.source_rendition else ["upscaled"],
         }  # fmt: skip
+
+
+    def _publish_frames(self) -> dict:
+        counts, dropped = self._publish_base
+        return {
+            **{k: v - counts.get(k, 0) for k, v in self.counts.items()},
+            "dropped": {k: n for k, v in self.dropped.items() if (n := v - dropped.get(k, 0))},
+        }
 
 
 class PublishSession:
