@@ -573,7 +573,8 @@
         [['The picture starts here by itself once frames arrive.', false]],
       ]);
     } else if (s.state === 'error') {
-      showMessage('error', 'The stream stopped with an error', [
+      const title = s.refused ? 'The publish was refused' : 'The stream stopped with an error';
+      showMessage('error', title, [
         [[s.reason || 'no reason given', true]],
         [['The server keeps running: fix the cause and publish again.', false]],
       ]);

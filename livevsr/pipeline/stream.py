@@ -97,6 +97,7 @@ class Stream:
         self.stats = RollingStats()
         self.state = "idle"
         self.reason = "waiting for a publisher"
+        self.refusal: str | None = None  # why the last publish was refused (codec, admission), if it was
         self.session: PublishSession | None = None
         self.sessions_running: set[PublishSession] = set()  # includes ended ones still draining
         self.input_size: tuple[int, int] | None = None
@@ -133,6 +134,7 @@ class Stream:
             # The same publisher reconnecting before its old connection timed out wins.
             self.session.close("replaced by a new publish of the same stream")
         self.stats.reset()
+        self.refusal = None
         self._publish_base = (dict(self.counts), dict(self.dropped))
         self.session = PublishSession(self, source)
         self.sessions_running.add(self.session)
@@ -151,6 +153,11 @@ class Stream:
         self.stats.reset_rates()  # nothing comes in or goes out now; latencies stay for a look back
         self.metrics.live.labels(self.name).set(0)
         log.info("[%s] publish ended: %s", self.name, reason)
+
+    def publish_refused(self, reason: str) -> None:
+        """A publish was turned away before it started (admission): the viewer shows why."""
+        if self.session is None:
+            self.state, self.reason, self.refusal = "error", reason, reason
 
     # -- counters (any thread) ---------------------------------------------------------------------
 
@@ -201,6 +208,7 @@ class Stream:
             "name": self.name,
             "state": self.state,
             "reason": self.reason,
+            "refused": self.refusal,
             "engine": {"name": self.engine_choice.name, "reason": self.engine_choice.reason,
                        "load": None if self.engine_load is None else round(self.engine_load, 3)},
             "input": None if self.input_size is None else
@@ -275,7 +283,9 @@ class PublishSession:
         return self._busy_s
 
     def refuse(self, reason: str) -> None:
-        """End this session from the server side (admission control); ``reason`` becomes the stream's."""
+        """End this session from the server side (admission control, an unsupported codec);
+        ``reason`` becomes the stream's."""
+        self.stream.refusal = reason
         self._end_with_error(reason)
 
     def fps_hint(self) -> float:
