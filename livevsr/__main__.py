@@ -78,7 +78,30 @@ def _output_height(text: str) -> int:
     return value
 
 
+def _bench_list() -> str:
+    """One line per benchmark, from its module docstring, read without importing it (torch is slow)."""
+    import ast
+    import importlib.util
+
+    from livevsr.bench import help_text
+
+    lines = ["benchmarks (livevsr bench NAME --help for each one's options):"]
+    for name, module in sorted(BENCHES.items()):
+        spec = importlib.util.find_spec(module)
+        source = spec.loader.get_source(module) if spec and spec.loader else None
+        summary = " ".join(help_text(ast.get_docstring(ast.parse(source)) if source else "", 1).split())
+        lines.append(f"  {name:<10} {summary.partition(': ')[2] or summary}")
+    return "\n".join(lines)
+
+
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+    if args.which is None:  # "livevsr bench", "livevsr bench --help"
+        asked = bool({"-h", "--help"} & set(rest))
+        print(
+            "usage: livevsr bench NAME [options]\n\n" + _bench_list(),
+            file=sys.stdout if asked else sys.stderr,
+        )
+        return 0 if asked else 2
     module = importlib.import_module(BENCHES[args.which])
     return module.main(rest)
 
@@ -111,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # add_help=False: "livevsr bench g2g --help" reaches the benchmark's own parser.
     p = sub.add_parser("bench", help="benchmarks (append rows to BENCHMARKS.md)", add_help=False)
-    p.add_argument("which", choices=sorted(BENCHES))
+    p.add_argument("which", nargs="?", choices=sorted(BENCHES))
 
     sub.add_parser(
         "fuzz", add_help=False, help="fuzz the RTMP/AMF0/FLV/SDP parsers with atheris (--seconds N)"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+from collections.abc import Awaitable
 
 from aiohttp import web
 
 from livevsr import __version__
 from livevsr.config import Config, split_host_port
 from livevsr.engines.registry import choose_engine, preload
+from livevsr.errors import ConfigError
 from livevsr.ingest.whip import WhipServer
 from livevsr.pipeline.manager import StreamManager
 from livevsr.publish.whep import WhepServer
@@ -18,6 +21,31 @@ from livevsr.server.routes import build_app
 from livevsr.telemetry.metrics import LoopLagMonitor, Metrics
 
 log = logging.getLogger(__name__)
+
+
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+
+
+def reachable_hosts(host: str) -> list[str]:
+    """Hosts a user can type to reach a server bound to ``host``: a wildcard bind becomes 127.0.0.1
+    and this machine's other IPv4 addresses (0.0.0.0 works on no other machine, nor in OBS)."""
+    if host not in WILDCARD_HOSTS:
+        return [host]
+    import ifaddr
+
+    others = [ip.ip for a in ifaddr.get_adapters() for ip in a.ips if isinstance(ip.ip, str)]
+    return ["127.0.0.1"] + [ip for ip in others if not ip.startswith("127.")]
+
+
+async def listen(key: str, address: str, start: Awaitable[None]) -> None:
+    """Await a server's bind; a port that cannot be had is a config error naming the key."""
+    try:
+        await start
+    except OSError as exc:
+        why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise ConfigError(
+            f"{key}: cannot listen on {address}: {why}; stop what uses it or change {key}"
+        ) from None
 
 
 def restrict_ice_addresses(addresses: list[str]) -> None:
@@ -70,25 +98,23 @@ class App:
         await self._runner.setup()
         host, port = split_host_port(self.config.http.listen)
         self._site = web.TCPSite(self._runner, host, port)
-        await self._site.start()
+        await listen("http.listen", self.config.http.listen, self._site.start())
         self.http_port = self._runner.addresses[0][1]
         self.ready["http"] = True
-        log.info("HTTP: viewer and API at http://%s:%d/", host, self.http_port)
+        urls = [f"http://{h}:{self.http_port}/" for h in reachable_hosts(host)]
+        log.info("HTTP: viewer and API at %s", " or ".join(urls))
 
         if self.config.rtmp.enabled:
             from livevsr.ingest.rtmp import RTMPServer
 
             self.rtmp = RTMPServer(self.config.rtmp, self.manager)
-            await self.rtmp.start()
+            await listen("rtmp.listen", self.config.rtmp.listen, self.rtmp.start())
             self.rtmp_port = self.rtmp.port
             self.ingest.update(rtmp_port=self.rtmp_port, rtmp_app=self.config.rtmp.app)
             self.ready["rtmp"] = True
-            log.info(
-                "RTMP: publish to rtmp://%s:%d/%s with a stream key",
-                split_host_port(self.config.rtmp.listen)[0],
-                self.rtmp_port,
-                self.config.rtmp.app,
-            )
+            hosts = reachable_hosts(split_host_port(self.config.rtmp.listen)[0])
+            urls = [f"rtmp://{h}:{self.rtmp_port}/{self.config.rtmp.app}" for h in hosts]
+            log.info("RTMP: publish to %s with a stream key (OBS: Server = one of these)", " or ".join(urls))
         self._start_pulls(loop)
 
     def _start_pulls(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -166,7 +192,11 @@ async def serve_forever(config: Config) -> None:
     # Handlers first: a signal during start-up (ports already logged) must still stop cleanly.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    await app.start()
+    try:
+        await app.start()
+    except ConfigError:
+        await app.stop()  # free what did start (the HTTP port when RTMP's is taken)
+        raise
     await stop.wait()
     try:
         await asyncio.wait_for(app.stop(), timeout=20)

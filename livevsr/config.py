@@ -409,7 +409,23 @@ def load_config(path: str | Path | None = None, environ: typing.Mapping[str, str
                 f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}"
             )
         data = loaded
-    data = _apply_env(data, os.environ if environ is None else environ)
-    config = _build(Config, data, "")
-    config.check()
+    environ = os.environ if environ is None else environ
+    data = _apply_env(data, environ)
+    try:
+        config = _build(Config, data, "")
+        config.check()
+    except ConfigError as exc:
+        var = _env_var_for(str(exc).partition(":")[0], environ)
+        if var is None:
+            raise
+        raise ConfigError(f"{exc} (set by the environment variable {var})") from None
     return config
+
+
+def _env_var_for(key: str, environ: typing.Mapping[str, str]) -> str | None:
+    """The LIVEVSR__ variable that set the dotted ``key``, so an error can name what the user typed."""
+    for env_key in environ:
+        parts = env_key[len("LIVEVSR__") :].split("__")
+        if env_key.startswith("LIVEVSR__") and ".".join(p.lower() for p in parts if p) == key:
+            return env_key
+    return None

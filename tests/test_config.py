@@ -23,6 +23,28 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        ("LIVEVSR__ENGINE__NMAE", "bicubic", "engine.nmae: unknown key; allowed here:"),
+        ("LIVEVSR__RTMP__IDLE_TIMEOUT_S", "soon", "rtmp.idle_timeout_s: expected a number, got 'soon'"),
+    ],
+)
+def test_an_error_from_the_environment_names_the_variable(var: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, environ={var: value})
+    assert str(exc.value).startswith(message)
+    assert str(exc.value).endswith(f"(set by the environment variable {var})")
+
+
+def test_an_error_from_the_file_names_no_variable(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("engine:\n  nmae: bicubic\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, environ={"LIVEVSR__ENGINE__NAME": "bicubic"})
+    assert "environment" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         (

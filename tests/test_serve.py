@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,3 +89,47 @@ def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
     out = signal_and_wait(proc, signal.SIGTERM, signal.SIGINT)
     assert proc.returncode == 1, out
     assert "second signal: exiting now" in out
+
+
+@pytest.mark.parametrize("key", ["rtmp.listen", "http.listen"])
+def test_a_port_in_use_is_one_error_line_naming_the_address_and_key(tmp_path: Path, key: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        listen = {"rtmp.listen": "127.0.0.1:0", "http.listen": "127.0.0.1:0", key: address}
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"rtmp:\n  listen: '{listen['rtmp.listen']}'\nhttp:\n  listen: '{listen['http.listen']}'\n"
+            "streams:\n  - name: main\n    key: secret-key-123\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "livevsr", "serve", "--config", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("livevsr: error:")]
+    assert errors == [f"livevsr: error: {key}: cannot listen on {address}: address already in use; "
+                      f"stop what uses it or change {key}"]  # fmt: skip
+
+
+def test_a_wildcard_listen_logs_addresses_a_publisher_can_type(tmp_path: Path) -> None:
+    """0.0.0.0 is where the server binds, not an address OBS can reach: print 127.0.0.1 and the rest."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "rtmp:\n  listen: '0.0.0.0:0'\nhttp:\n  listen: '127.0.0.1:0'\nstreams:\n  - name: main\n    key: k\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "livevsr", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    line = ""
+    try:
+        for line in proc.stdout:
+            if "RTMP: publish to" in line:
+                break
+    finally:
+        signal_and_wait(proc, signal.SIGTERM)
+    assert re.search(r"RTMP: publish to rtmp://127\.0\.0\.1:\d+/live ", line), line
+    assert "0.0.0.0" not in line

@@ -573,7 +573,8 @@
         [['The picture starts here by itself once frames arrive.', false]],
       ]);
     } else if (s.state === 'error') {
-      showMessage('error', 'The stream stopped with an error', [
+      const title = s.refused ? 'The publish was refused' : 'The stream stopped with an error';
+      showMessage('error', title, [
         [[s.reason || 'no reason given', true]],
         [['The server keeps running: fix the cause and publish again.', false]],
       ]);
@@ -615,7 +616,8 @@
     const f = s.frames || {};
     let fpsIn = s.input ? s.input.fps : null;
     let fpsOut = s.output ? s.output.fps : null;
-    if (lastFrames && dtS > 0 && s.state === 'live') {
+    // counters restart with each publish: a drop in them is a new publisher, not a negative rate
+    if (lastFrames && dtS > 0 && s.state === 'live' && f.received >= lastFrames.received) {
       fpsIn = (f.received - lastFrames.received) / dtS;
       fpsOut = (f.encoded - lastFrames.encoded) / dtS;
     }
@@ -625,6 +627,12 @@
     const drops = Object.entries(f.dropped || {}).filter(([, n]) => n > 0);
     const total = drops.reduce((a, [, n]) => a + n, 0);
     setText('st-dropped', total ? `${total} (${drops.map(([c, n]) => `${c} ${n}`).join(', ')})` : '0');
+    const all = s.frames_total;
+    if (all) {  // this publish in the text, every publish since the server started on hover
+      const allDropped = Object.values(all.dropped || {}).reduce((a, n) => a + n, 0);
+      const title = `this publish; since the server started: ${all.received} in · ${all.encoded} out · ${allDropped} dropped`;
+      $('st-frames').title = $('st-dropped').title = title;
+    }
     setText('st-viewers', String(s.viewers ?? 0));
 
     const body = $('st-latency');

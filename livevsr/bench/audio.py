@@ -17,13 +17,13 @@ import time
 
 import numpy as np
 
-from livevsr.bench import report
+from livevsr.bench import help_text, report
 from livevsr.publish.whep_audio import OpusTranscoder
 from livevsr.testing.publisher import AUDIO_FRAME_SAMPLES, AUDIO_RATE, aac_frames
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="livevsr bench audio", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="livevsr bench audio", description=help_text(__doc__, 1))
     p.add_argument("--seconds", type=float, default=60.0, help="audio to transcode")
     p.add_argument("--out", default=report.BENCHMARKS_MD, help="append a row here ('' to skip)")
     args = p.parse_args(argv)

@@ -35,7 +35,7 @@ import aiohttp
 import av
 import numpy as np
 
-from livevsr.bench import report
+from livevsr.bench import help_text, report
 from livevsr.engines.registry import AUTO, engine_names
 from livevsr.telemetry import barcode
 
@@ -297,7 +297,7 @@ def _append_markdown(path: Path, command: str, result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="livevsr bench g2g", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="livevsr bench g2g", description=help_text(__doc__, 1))
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to measure (default 20)")
     parser.add_argument("--warmup-s", type=float, default=3.0, help="frames received before this are ignored")
     parser.add_argument("--width", type=int, default=640)

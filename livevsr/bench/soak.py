@@ -33,7 +33,7 @@ from pathlib import Path
 import aiohttp
 
 from livevsr.app import restrict_ice_addresses
-from livevsr.bench import report
+from livevsr.bench import help_text, report
 from livevsr.testing.publisher import publish
 from livevsr.testing.whep_client import WhepClient
 
@@ -189,7 +189,7 @@ async def _sample(server: ServerProcess, base: str, until: float, samples: list)
                 "t_s": round(time.monotonic() - t0, 1),
                 "rss_mb": round(server.rss_mb(), 1),
                 "fds": server.open_fds(),
-                "encoded": {s["name"]: s["frames"]["encoded"] for s in streams},
+                "encoded": {s["name"]: s["frames_total"]["encoded"] for s in streams},
             }
         )
         await asyncio.sleep(10)
@@ -200,9 +200,8 @@ async def _drained(base: str, timeout_s: float = 120) -> dict[str, dict]:
     deadline, last = time.monotonic() + timeout_s, None
     while True:
         streams = {s["name"]: s for s in (await _get_json(base + "/api/streams"))["streams"]}
-        counts = {
-            n: s["frames"]["encoded"] + sum(s["frames"]["dropped"].values()) for n, s in streams.items()
-        }
+        totals = {n: s["frames_total"] for n, s in streams.items()}
+        counts = {n: t["encoded"] + sum(t["dropped"].values()) for n, t in totals.items()}
         idle = all(s["state"] not in ("live", "starting") for s in streams.values())
         if (idle and counts == last) or time.monotonic() > deadline:
             return streams
@@ -249,7 +248,7 @@ async def _run_against(
     idle_rss = round(server.rss_mb(), 1)  # everything ended: what the server keeps
     exit_code = server.stop()
 
-    steady = streams["steady"]["frames"]
+    steady = streams["steady"]["frames_total"]
     dropped = steady["dropped"]
     by_policy = {"ring_full", "late"} if policy == "drop" else set()
     unexplained = steady_sent - steady["encoded"] - sum(v for k, v in dropped.items() if k in by_policy)
@@ -272,7 +271,7 @@ async def _run_against(
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}",
         "steady": {"published": steady_sent, **steady, "unexplained_loss": unexplained},
-        "churn": {"published": churn_sent, **streams["churn"]["frames"]},
+        "churn": {"published": churn_sent, **streams["churn"]["frames_total"]},
         "viewers": {"joins": viewers["joins"], "frames": viewers["frames"], "errors": len(viewers["errors"]),
                     "audio_s": round(viewers["audio_s"], 1), "first_errors": viewers["errors"][:3]},
         "slow_viewer": {"frames": slow["frames"], "audio_s": round(slow["audio_s"], 1),
@@ -320,7 +319,7 @@ def _markdown(result: dict, command: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="livevsr bench soak", description=__doc__)
+    parser = argparse.ArgumentParser(prog="livevsr bench soak", description=help_text(__doc__))
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--size", default="640x360", help="publisher size WxH (even numbers)")
     parser.add_argument("--fps", type=float, default=30.0)

@@ -55,6 +55,8 @@ class IngestSink(Protocol):
     # publish (an operator's kick, admission control, a reconnect replacing it); RTMP then hangs up.
     # Optional: ``async def drain(self) -> None`` waits while the pipeline wants the publisher held
     # back (lossless streams); a source that can pause reading (RTMP over TCP) awaits it.
+    # Optional: ``refuse(reason: str)`` ends the publish as refused (e.g. an unsupported codec), so
+    # the stream shows the reason instead of waiting; the source still calls ``close`` after it.
 
 
 class IngestAuthority(Protocol):

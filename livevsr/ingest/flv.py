@@ -29,8 +29,34 @@ _SOUND_FORMATS = {
     0: "pcm", 1: "adpcm", 2: "mp3", 3: "pcm_le", 4: "nellymoser16", 5: "nellymoser8", 6: "nellymoser",
     7: "alaw", 8: "mulaw", 9: "ex-header", 10: "aac", 11: "speex", 14: "mp3_8k", 15: "device",
 }  # fmt: skip
+_FOURCC_AUDIO_CODECS = {b"mp4a": "aac", b"Opus": "opus", b".mp3": "mp3", b"ac-3": "ac3", b"ec-3": "eac3",
+                        b"fLaC": "flac"}  # fmt: skip
 _LEGACY_RATES = (5512, 11025, 22050, 44100)  # Hz, FLV SoundRate index
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)  # Hz
+
+
+def metadata_codec(value: object, audio: bool = False) -> str:
+    """onMetaData's videocodecid/audiocodecid as a name: a legacy FLV id (7 -> h264), or an Enhanced
+    RTMP FourCC, which OBS sends as a number ('hvc1' -> 1752589105 -> hevc)."""
+    if isinstance(value, str):
+        fourcc = value.encode("latin-1", "replace")[:4]
+    elif (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and float(value).is_integer()
+        and value >= 0
+    ):
+        number = int(value)
+        if number < 256:
+            names = _SOUND_FORMATS if audio else _LEGACY_VIDEO_CODECS
+            return names.get(number, f"codec id {number}")
+        if number >= 1 << 32:
+            return str(number)
+        fourcc = number.to_bytes(4, "big")
+    else:
+        return str(value)[:64]
+    names = _FOURCC_AUDIO_CODECS if audio else _FOURCC_CODECS
+    return names.get(fourcc) or f"fourcc {fourcc.decode('latin-1')!r}"
 
 
 class FLVError(IngestError):

@@ -74,6 +74,18 @@ def _short(value: Any) -> str:
     return str(value)[:64]
 
 
+def _metadata_summary(metadata: dict) -> tuple[str, ...]:
+    """The onMetaData fields the log shows, codec ids as names (and None where a field is absent)."""
+    out = []
+    for name in _METADATA_FIELDS:
+        value = metadata.get(name)
+        if value is not None and name in ("videocodecid", "audiocodecid"):
+            out.append(flv.metadata_codec(value, audio=name == "audiocodecid"))
+        else:
+            out.append(_short(value))
+    return tuple(out)
+
+
 def _describe_first_byte(first: int) -> str:
     if first == 0x16:
         return "a TLS handshake on the plain RTMP port (RTMPS is not supported; terminate TLS in front)"
@@ -459,8 +471,8 @@ class _Connection:
         if values and values[0] == "@setDataFrame":
             values = values[1:]
         if len(values) >= 2 and values[0] == "onMetaData" and isinstance(values[1], dict):
-            summary = tuple(_short(values[1].get(name)) for name in _METADATA_FIELDS)
-            changed = summary != tuple(_short(self.metadata.get(name)) for name in _METADATA_FIELDS)
+            summary, previous = _metadata_summary(values[1]), _metadata_summary(self.metadata)
+            changed = summary != previous
             self.metadata = values[1]
             if changed:  # some muxers (GStreamer flvmux) repeat onMetaData every few frames
                 text = "%s metadata: %sx%s @ %s fps, video codec %s, audio codec %s, encoder '%s'"
@@ -509,6 +521,9 @@ class _Connection:
                 reason = f"{tag.codec} video is not supported; send one H.264 track (no multitrack video)"
             else:
                 reason = f"video codec {tag.codec} is not supported; {_CODEC_ADVICE}"
+            refuse = getattr(sink, "refuse", None)  # optional: the stream then shows it was refused
+            if refuse is not None:
+                refuse(reason)
             raise _Closed(reason, logging.WARNING)
         if tag.kind == flv.CONFIG:
             config = bytes(tag.data)

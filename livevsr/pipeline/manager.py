@@ -66,6 +66,7 @@ class StreamManager:
         # Refuse what the device cannot also carry, instead of slowing every stream on it down.
         refusal = self.load.refusal(device, stream.name, self.config.pipeline.max_engine_load)
         if refusal is not None:
+            stream.publish_refused(refusal)
             raise IngestError(refusal)
         session = stream.start_session(source)
         self.load.track(session, device, stream.engine_choice.spec.starting_load)

@@ -99,6 +99,7 @@ class Stream:
         self.stats = RollingStats()
         self.state = "idle"
         self.reason = "waiting for a publisher"
+        self.refusal: str | None = None  # why the last publish was refused (codec, admission), if it was
         self.session: PublishSession | None = None
         self.sessions_running: set[PublishSession] = set()  # includes ended ones still draining
         self.input_size: tuple[int, int] | None = None
@@ -107,8 +108,11 @@ class Stream:
         self.engine_load: float | None = None  # measured by the manager's LoadMonitor
         self.sizing = LiveSizing(config, engine_choice.spec, stream_config.output_height)
         self.scaling: SizePlan | None = None  # the current publish's sizes and why (pipeline/sizing.py)
-        self.counts = {"received": 0, "decoded": 0, "upscaled": 0, "encoded": 0}
+        self.counts = {"received": 0, "decoded": 0, "upscaled": 0, "encoded": 0}  # since the server started
         self.dropped: dict[str, int] = {}
+        # counts and dropped when the current (or last) publish started: /api/streams shows the
+        # publish people are looking at, not what earlier publishers left behind.
+        self._publish_base: tuple[dict[str, int], dict[str, int]] = (dict(self.counts), {})
         self._drop_lock = threading.Lock()
         self._drops_unlogged: dict[str, int] = {}
         self._drops_logged_at = 0.0
@@ -135,6 +139,8 @@ class Stream:
             self.session.close("replaced by a new publish of the same stream")
         self.stats.reset()
         self.scaling = None
+        self.refusal = None
+        self._publish_base = (dict(self.counts), dict(self.dropped))
         self.session = PublishSession(self, source)
         self.sessions_running.add(self.session)
         self.state, self.reason = "starting", f"publisher connected ({source})"
@@ -149,8 +155,14 @@ class Stream:
         self.last_pts_90k = max(self.last_pts_90k, session.last_pts_90k) + 3000
         self.state = "error" if error else "idle"
         self.reason = reason if error else f"waiting for a publisher (last: {reason})"
+        self.stats.reset_rates()  # nothing comes in or goes out now; latencies stay for a look back
         self.metrics.live.labels(self.name).set(0)
         log.info("[%s] publish ended: %s", self.name, reason)
+
+    def publish_refused(self, reason: str) -> None:
+        """A publish was turned away before it started (admission): the viewer shows why."""
+        if self.session is None:
+            self.state, self.reason, self.refusal = "error", reason, reason
 
     # -- counters (any thread) ---------------------------------------------------------------------
 
@@ -201,6 +213,7 @@ class Stream:
             "name": self.name,
             "state": self.state,
             "reason": self.reason,
+            "refused": self.refusal,
             "engine": {"name": self.engine_choice.name, "reason": self.engine_choice.reason,
                        "load": None if self.engine_load is None else round(self.engine_load, 3)},
             "input": None if self.input_size is None else
@@ -208,7 +221,8 @@ class Stream:
             "output": None if self.output_size is None else
             {"width": self.output_size[0], "height": self.output_size[1], "fps": fps_out},
             "scaling": self._scaling_snapshot(fps_in, fps_out),
-            "frames": {**self.counts, "dropped": dict(self.dropped)},
+            "frames": self._publish_frames(),  # the current (or last) publish
+            "frames_total": {**self.counts, "dropped": dict(self.dropped)},  # every publish since start
             "latency_ms": self.stats.percentiles_ms(),
             "viewers": self.viewer_count,
             "renditions": list(RENDITIONS) if self.config.encoder.source_rendition else ["upscaled"],
@@ -220,6 +234,14 @@ class Stream:
             return None
         live = self.state == "live"
         return {**plan.as_dict(), "frame_rate": frame_rate_note(fps_in, fps_out) if live else None}
+
+
+    def _publish_frames(self) -> dict:
+        counts, dropped = self._publish_base
+        return {
+            **{k: v - counts.get(k, 0) for k, v in self.counts.items()},
+            "dropped": {k: n for k, v in self.dropped.items() if (n := v - dropped.get(k, 0))},
+        }
 
 
 class PublishSession:
@@ -275,7 +297,9 @@ class PublishSession:
         return self._busy_s
 
     def refuse(self, reason: str) -> None:
-        """End this session from the server side (admission control); ``reason`` becomes the stream's."""
+        """End this session from the server side (admission control, an unsupported codec);
+        ``reason`` becomes the stream's."""
+        self.stream.refusal = reason
         self._end_with_error(reason)
 
     def fps_hint(self) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,12 +14,13 @@ from livevsr.ingest import whip as whip_ingest
 from livevsr.ingest.whip import WhipServer
 from livevsr.pipeline.manager import StreamManager
 from livevsr.publish.whep import WhepServer
+from livevsr.resources import data_dir
 from livevsr.sdp import OfferError
 from livevsr.telemetry.metrics import LoopLagMonitor, Metrics
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
+WEB_DIR = data_dir("web")
 MAX_SDP_BYTES = 64 * 1024
 
 CORS_HEADERS = {

@@ -110,6 +110,12 @@ class RollingStats:
             for d in (*self._stages.values(), *self._events.values()):
                 d.clear()
 
+    def reset_rates(self) -> None:
+        """Forget the frame events: fps reads 0 at once instead of decaying over the window."""
+        with self._lock:
+            for d in self._events.values():
+                d.clear()
+
 
 def _quantile(sorted_values: list[float], q: float) -> float:
     index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))

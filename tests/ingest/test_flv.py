@@ -94,3 +94,22 @@ def test_other_audio_codecs_are_named() -> None:
     assert parse_audio(b"\x9f" + bytes(4)).codec == "ex-header"
     with pytest.raises(FLVError, match="AAC audio header truncated"):
         parse_audio(b"\xaf")
+
+
+@pytest.mark.parametrize(
+    ("value", "audio", "name"),
+    [
+        (7.0, False, "h264"),  # legacy FLV codec id, as an AMF0 number
+        (1752589105.0, False, "hevc"),  # OBS: FourCC 'hvc1' as a number
+        (1635148593.0, False, "h264"),  # 'avc1'
+        (1635148594.0, False, "fourcc 'avc2'"),
+        ("hvc1", False, "hevc"),
+        (10.0, True, "aac"),
+        (1836069985.0, True, "aac"),  # 'mp4a'
+        (1332770163.0, True, "opus"),  # 'Opus'
+        (99.0, False, "codec id 99"),
+        (True, False, "True"),
+    ],
+)
+def test_metadata_codec_ids_are_named(value: object, audio: bool, name: str) -> None:
+    assert flv.metadata_codec(value, audio=audio) == name

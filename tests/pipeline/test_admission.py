@@ -189,6 +189,8 @@ async def test_a_publish_is_refused_while_the_device_is_busy_and_admitted_after(
         with pytest.raises(Exception):  # noqa: B017 - PyAV reports the refusal as an I/O error
             await asyncio.to_thread(publish, rtmp_url(app, "k-second"), 64, 48, 30, 30, realtime=False)
         assert second.counts["received"] == 0
+        refused = second.snapshot()  # the viewer's player area shows this, not "waiting"
+        assert refused["state"] == "error" and refused["refused"].startswith("cpu is busy")
         before = main.counts["encoded"]
         await wait_for(lambda: main.counts["encoded"] > before + 15)  # main never noticed
         assert await busy == 240
@@ -196,6 +198,7 @@ async def test_a_publish_is_refused_while_the_device_is_busy_and_admitted_after(
         assert main.counts["encoded"] == 240
         await wait_for(lambda: app.manager.load.device_load("cpu")[0] == 0)
         assert await asyncio.to_thread(publish, rtmp_url(app, "k-second"), 64, 48, 30, 30) == 30
+        assert second.snapshot()["refused"] is None
     finally:
         await app.stop()
 

@@ -222,3 +222,30 @@ def test_an_offer_with_too_many_m_lines_is_refused_before_aiortc_sees_it() -> No
     check_offer("v=0\r\n" + section * MAX_MEDIA_SECTIONS)
     with pytest.raises(OfferError, match="m-lines"):
         check_offer("v=0\r\n" + section * 150)
+
+
+async def test_a_new_publish_starts_its_counters_and_rates_from_zero(app: App) -> None:
+    """A fresh publisher does not inherit the last one's drops, and an ended one leaves no fps behind."""
+    stream = app.manager.streams["main"]
+    first = app.manager.open_publish("k-main", "first")
+    await feed(first, h264_packets(96, 64, 30))
+    await wait_for(lambda: stream.counts["encoded"] == 30)
+    stream.drop("late", 7)  # as the engine worker counts frames it was too late for
+    live = (await api(app))["main"]
+    assert live["input"]["fps"] > 0 and live["output"]["fps"] > 0
+    first.close("done")
+    await wait_for(lambda: stream.session is None)
+    ended = (await api(app))["main"]
+    assert ended["input"]["fps"] == 0 and ended["output"]["fps"] == 0
+    assert ended["frames"]["encoded"] == 30 and ended["frames"]["dropped"] == {"late": 7}  # the last publish
+
+    second = app.manager.open_publish("k-main", "second")
+    fresh = (await api(app))["main"]
+    assert fresh["frames"] == {"received": 0, "decoded": 0, "upscaled": 0, "encoded": 0, "dropped": {}}
+    assert fresh["frames_total"]["encoded"] == 30 and fresh["frames_total"]["dropped"] == {"late": 7}
+    await feed(second, h264_packets(96, 64, 15))
+    await wait_for(lambda: stream.counts["encoded"] == 45)
+    now = (await api(app))["main"]
+    assert now["frames"]["received"] == 15 and now["frames"]["encoded"] == 15
+    assert now["frames_total"]["received"] == 45
+    second.close("done")

@@ -15,15 +15,15 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from livevsr.engines.flashvsr.attention import BlockGeometry
+from livevsr.resources import data_dir
 
-KERNEL_DIR = Path(__file__).resolve().parents[3] / "kernels"
+KERNEL_DIR = data_dir("kernels")  # kernels/ in a checkout, livevsr/_kernels when installed
 DEFAULT_ARCHS = ("90a", "80")
 KERNEL_ARCHS: dict[str, tuple[str, ...]] = {  # archs kernel_check compiles each source for
     # "90": what cupy.RawModule builds on an H100 (plain sm_<compute capability>, never sm_90a).
