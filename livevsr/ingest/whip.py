@@ -25,6 +25,7 @@ import av
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+import livevsr.dtls  # noqa: F401 - lets DTLS work with RSA-certificate peers (GStreamer)
 from livevsr.audio import FrameEncoder
 from livevsr.errors import IngestError
 from livevsr.ingest.base import AudioPacket
