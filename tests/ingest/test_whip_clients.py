@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -137,3 +138,42 @@ async def test_gstreamer_webrtcbin_publishes_over_whip(netns_app: App, netns: Ve
     async with asyncio.timeout(90), Child(argv) as publisher:
         await watch_and_finish(netns_app, netns.host_address, publisher, seconds)
     assert "answer 201" in publisher.lines
+
+
+def _ffmpeg_whip_missing() -> str | None:
+    import av
+
+    return None if "whip" in av.formats_available else "this PyAV's FFmpeg has no whip muxer (needs FFmpeg 8)"
+
+
+def ffmpeg_argv(app: App, seconds: float, *extra: str) -> list[str]:
+    url = f"http://127.0.0.1:{app.http_port}/whip/main"
+    return [sys.executable, "-m", "livevsr.testing.ffmpeg_whip", url, "k-main", "--seconds", str(seconds),
+            "--width", str(W), "--height", str(H), *extra]  # fmt: skip
+
+
+async def test_ffmpeg_whip_muxer_publishes(app: App) -> None:
+    """FFmpeg's ICE sends straight to the candidate in our answer, so loopback works (no namespace);
+    it is given a P-256 DTLS certificate (see livevsr/testing/ffmpeg_whip.py for why)."""
+    if reason := _ffmpeg_whip_missing():
+        pytest.skip(reason)
+    seconds = 6.0
+    async with asyncio.timeout(90), Child(ffmpeg_argv(app, seconds)) as publisher:
+        await watch_and_finish(app, "127.0.0.1", publisher, seconds)
+    assert publisher.lines[0] == "connected" and publisher.lines[-1].startswith("done")
+    assert app.manager.streams["main"].counts["decoded"] >= seconds * 30 * 0.8
+
+
+async def test_ffmpeg_with_its_own_certificate_is_told_why(app: App) -> None:
+    """FFmpeg's GnuTLS build makes a P-224 certificate, which our DTLS cannot accept: the stream's
+    reason says so and names the fix, instead of a bare "connection failed"."""
+    if reason := _ffmpeg_whip_missing():
+        pytest.skip(reason)
+    stream = app.manager.streams["main"]
+    async with asyncio.timeout(60), Child(ffmpeg_argv(app, 2.0, "--ffmpeg-certificate")) as publisher:
+        code = await publisher.wait(40)
+    if code == 0:
+        pytest.skip("this FFmpeg's own DTLS certificate works: the limitation is gone")
+    assert any(line.startswith("error") for line in publisher.lines), publisher.output()
+    await wait_for(lambda: stream.state == "idle")
+    assert "P-224" in stream.reason and "-cert_file" in stream.reason
