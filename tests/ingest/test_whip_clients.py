@@ -21,6 +21,7 @@ from livevsr.config import HTTPConfig, WebRTCConfig
 from livevsr.testing.whep_client import WhepClient
 from tests.conftest import loopback_config, wait_for
 from tests.helpers.netns import VethNamespace, veth_namespace
+from tests.helpers.taps import AudioTap
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-gi lives there, not in our venv
 GST_WHIP = Path(__file__).resolve().parents[2] / "livevsr" / "testing" / "gst_whip.py"
@@ -112,8 +113,16 @@ class Child:
             await asyncio.wait_for(self._reader, 5)
 
 
-async def watch_and_finish(app: App, host: str, publisher: Child, seconds: float) -> None:
-    """A WHEP viewer sees the 4x stream; the publisher then ends its session by itself."""
+def audio_tap(app: App) -> AudioTap:
+    """Attached before the publisher starts, it sees the next publish session's audio."""
+    tap = AudioTap()
+    app.manager.streams["main"].output_factories.append(lambda session: tap)
+    return tap
+
+
+async def watch_and_finish(app: App, host: str, publisher: Child, seconds: float, tap: AudioTap) -> None:
+    """A WHEP viewer sees the 4x stream, the publisher's Opus reaches the session as AAC, and the
+    publisher then ends its session by itself (DELETE)."""
     stream = app.manager.streams["main"]
     async with WhepClient(f"http://{host}:{app.http_port}/whep/main") as viewer:
         try:
@@ -123,6 +132,8 @@ async def watch_and_finish(app: App, host: str, publisher: Child, seconds: float
     assert sizes == {(4 * W, 4 * H)}
     assert stream.input_size == (W, H)
     assert "whip" in stream.reason
+    await wait_for(lambda: len(tap.packets) >= 10)
+    assert tap.configs[0] == ("aac", 48000, 2)
     assert await publisher.wait(seconds + 20) == 0, publisher.output()
     await wait_for(lambda: stream.state == "idle")
     assert "DELETE" in stream.reason
@@ -135,8 +146,9 @@ async def test_gstreamer_webrtcbin_publishes_over_whip(netns_app: App, netns: Ve
     url = f"http://{netns.host_address}:{netns_app.http_port}/whip/main"
     argv = netns.command(SYSTEM_PYTHON, str(GST_WHIP), url, "k-main", "--seconds", str(seconds),
                          "--width", str(W), "--height", str(H))  # fmt: skip
+    tap = audio_tap(netns_app)
     async with asyncio.timeout(90), Child(argv) as publisher:
-        await watch_and_finish(netns_app, netns.host_address, publisher, seconds)
+        await watch_and_finish(netns_app, netns.host_address, publisher, seconds, tap)
     assert "answer 201" in publisher.lines
 
 
@@ -158,8 +170,9 @@ async def test_ffmpeg_whip_muxer_publishes(app: App) -> None:
     if reason := _ffmpeg_whip_missing():
         pytest.skip(reason)
     seconds = 6.0
+    tap = audio_tap(app)
     async with asyncio.timeout(90), Child(ffmpeg_argv(app, seconds)) as publisher:
-        await watch_and_finish(app, "127.0.0.1", publisher, seconds)
+        await watch_and_finish(app, "127.0.0.1", publisher, seconds, tap)
     assert publisher.lines[0] == "connected" and publisher.lines[-1].startswith("done")
     assert app.manager.streams["main"].counts["decoded"] >= seconds * 30 * 0.8
 
