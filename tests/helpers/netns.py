@@ -41,6 +41,9 @@ def veth_namespace() -> Iterator[VethNamespace]:
     n = os.getpid() % 250 + 1
     ns = VethNamespace(f"livevsr-test-{os.getpid()}", f"10.77.{n}.1", f"10.77.{n}.2")
     host_if, peer_if = f"lvsr{os.getpid()}h"[-15:], f"lvsr{os.getpid()}n"[-15:]
+    # Leftovers of a killed run with the same pid would make "add" fail.
+    subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, timeout=10)
+    subprocess.run(["ip", "link", "del", host_if], capture_output=True, timeout=10)
     try:
         _ip("netns", "add", ns.name)
     except subprocess.CalledProcessError as exc:

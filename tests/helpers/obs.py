@@ -5,7 +5,7 @@ under ``folder``): global.ini marking the first-run wizard as done, a profile wi
 x264 + AAC output at the clip's size and a custom RTMP service (server + key), and a scene
 collection with one looping media source playing ``clip`` (video and sound). It then starts
 ``obs --startstreaming`` and yields the process; OBS and Xvfb are killed (their whole process
-groups) on the way out, whatever happened. Skips where ``obs`` or ``Xvfb`` is missing.
+groups: SIGTERM, then SIGKILL) on the way out, whatever happened. Skips where ``obs`` or ``Xvfb`` is missing.
 """
 
 from __future__ import annotations
@@ -97,9 +97,14 @@ def write_config(config_home: Path, rtmp_server: str, key: str, clip: Path, widt
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
+    """SIGTERM to the whole group (Xvfb then removes its socket and lock), SIGKILL after 5 s."""
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            break
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
     proc.wait(timeout=10)
 
 
