@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import av
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+import livevsr.dtls  # noqa: F401 - lets DTLS work with RSA-certificate peers (GStreamer)
 from livevsr.audio import FrameEncoder
 from livevsr.errors import IngestError
 from livevsr.ingest.base import AudioPacket
@@ -87,6 +89,19 @@ def check_offer(sdp: str) -> None:
             f"the offer has no H.264 video (offered: {offered}); in OBS, Settings > Output, "
             "pick an H.264 video encoder (x264 or NVENC H.264)"
         )
+
+
+def dtls_failure_hint(offer_sdp: str) -> str:
+    """Why DTLS failed after ICE succeeded, for a publisher where the cause is known ("" if not).
+
+    FFmpeg's WHIP muxer is always the DTLS server, and its GnuTLS build (PyAV's) makes a P-224
+    certificate, a curve the OpenSSL under aiortc no longer supports: no handshake is possible."""
+    if re.search(r"^o=FFmpeg ", offer_sdp, re.MULTILINE):
+        return (
+            " (an FFmpeg publisher: its own DTLS certificate is P-224, which cannot work here; "
+            "give FFmpeg a P-256 one with -cert_file and -key_file)"
+        )
+    return ""
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -203,7 +218,10 @@ class WhipServer:
         @pc.on("connectionstatechange")
         async def _on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                await self.close(session.id, f"WebRTC connection {pc.connectionState}")
+                reason = f"WebRTC connection {pc.connectionState}"
+                if pc.connectionState == "failed" and pc.iceConnectionState == "completed":
+                    reason += dtls_failure_hint(offer_sdp)
+                await self.close(session.id, reason)
 
         for track in tracks:
             consume = self._consume_video if track.kind == "video" else self._consume_audio

@@ -17,6 +17,7 @@ import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+import livevsr.dtls  # noqa: F401 - lets DTLS work with RSA-certificate peers (GStreamer)
 from livevsr.pipeline.fanout import EncodedFrame, Subscriber
 from livevsr.pipeline.stream import Stream
 from livevsr.sdp import OfferError, offered_codecs, offered_video_codecs
