@@ -48,38 +48,70 @@ __device__ __forceinline__ unsigned swz(int r, int c) {
     return static_cast<unsigned>(r * BSA_ROW_BYTES + ((c ^ (r & 7)) << 4));
 }
 
+// The inline-PTX wrappers. LIVEVSR_HOST_SIM: the host harness of tests/kernels (cuda_host.h), which
+// executes this file on the CPU with the same semantics; nothing else in the kernel differs.
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src) {
+#ifdef LIVEVSR_HOST_SIM
+    livevsr_host::cp_async16(dst, src);
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+#endif
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef LIVEVSR_HOST_SIM
+    livevsr_host::cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#ifdef LIVEVSR_HOST_SIM
+    livevsr_host::cp_async_wait(N);
+#else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 __device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2,
                                         unsigned& r3) {
+#ifdef LIVEVSR_HOST_SIM
+    unsigned r[4];
+    livevsr_host::ldmatrix_x4(addr, false, r);
+    r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr));
+#endif
 }
 
 __device__ __forceinline__ void ldsm_x4_trans(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2,
                                               unsigned& r3) {
+#ifdef LIVEVSR_HOST_SIM
+    unsigned r[4];
+    livevsr_host::ldmatrix_x4(addr, true, r);
+    r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr));
+#endif
 }
 
 // c[16x8] += a[16x16] * b[16x8]; fragment layouts as in the PTX ISA for m16n8k16.
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#ifdef LIVEVSR_HOST_SIM
+    livevsr_host::mma_m16n8k16_bf16(c, a, b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 // Two floats -> packed bf16x2, `lo` in the low half (the lower column index, as mma expects).

@@ -18,6 +18,8 @@ BENCHES = {
     "attention": "livevsr.bench.attention",  # CuPy kernels vs SDPA vs FlexAttention (GPU)
     "engine": "livevsr.bench.engine",  # FlashVSR per-step time and memory (GPU)
     "e2e": "livevsr.bench.e2e",  # the whole FlashVSR step at a given size (GPU)
+    "profile": "livevsr.bench.profile",  # one steady FlashVSR step under torch.profiler (GPU)
+    "gpu": "livevsr.bench.gpu",  # the prepared GPU check: tests and every GPU bench, budgeted (GPU)
     "soak": "livevsr.bench.soak",  # publishers, viewers and garbage for minutes (CPU, bicubic)
     "audio": "livevsr.bench.audio",  # the WHEP audio transcode's cost per stream (CPU)
 }

@@ -140,8 +140,16 @@ def _child_main(conn: multiprocessing.connection.Connection, args: tuple[Any, ..
 
 
 def _run_in_child(args: tuple[Any, ...], stop: threading.Event | None) -> int:
+    # A plain fork copies whatever locks the server's threads (x264, FFmpeg, torch pools) hold at
+    # that instant, and the child can block on one forever; the forkserver forks from a clean
+    # single-threaded process instead. Closures as frame hooks cannot be pickled: those fork.
     methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    try:
+        pickle.dumps((args, stop is not None))
+        method = "forkserver" if "forkserver" in methods else "spawn"
+    except (pickle.PicklingError, AttributeError, TypeError):
+        method = "fork" if "fork" in methods else "spawn"
+    ctx = multiprocessing.get_context(method)
     parent_end, child_end = ctx.Pipe(duplex=False)
     child_stop = ctx.Event()
     process = ctx.Process(

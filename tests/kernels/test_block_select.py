@@ -1,8 +1,9 @@
 """The draft-mask kernels (kernels/block_select.cu) against attention.draft_block_mask.
 
-On CPU: a numpy transliteration of the kernels' exact algorithm (per-row local-window candidates, the
-4-pass radix select of the (k'+1)-th largest probability per (head, query chunk), strict threshold,
-ascending compaction) is checked against the reference. On a CUDA GPU: the kernels themselves.
+A numpy transliteration of the kernels' exact algorithm (per-row local-window candidates, the 4-pass
+radix select of the (k'+1)-th largest probability per (head, query chunk), strict threshold, ascending
+compaction) is checked against the reference. The kernels themselves run on a CUDA GPU, and on the CPU
+through the host harness (tests/kernels/host, `host_kernels` fixture) with the same checks.
 The selection is a discontinuous function of bf16 scores, so masks are compared with a tolerance on
 near-threshold entries, and exactly against a torch top-k over the kernel's own probabilities.
 """
@@ -196,9 +197,7 @@ def _ring_inputs(
     return kpool, tuple(slot_order)
 
 
-@requires_gpu
-@pytest.mark.parametrize("shape", SMALL + FULL, ids=lambda s: "x".join(map(str, s)))
-def test_block_select_kernels_match_reference(shape: tuple[int, int, int, int, int, int | None]) -> None:
+def _check_block_select_kernels(shape: tuple[int, int, int, int, int, int | None], device: str) -> None:
     from livevsr.engines.flashvsr import kernels
 
     bh, bw, lr, n_q, n_k, topk = shape
@@ -206,8 +205,8 @@ def test_block_select_kernels_match_reference(shape: tuple[int, int, int, int, i
     S = geom.blocks_per_chunk
     heads = 12 if (bh, bw) == (6, 11) else 3
     gen = torch.Generator().manual_seed(zlib.crc32(repr(shape).encode()))
-    q = _tokens(n_q * S, heads, gen, "cuda")
-    k = _tokens(n_k * S, heads, gen, "cuda")
+    q = _tokens(n_q * S, heads, gen, device)
+    k = _tokens(n_k * S, heads, gen, device)
 
     qb = kernels.block_mean_pool(q)
     qb_ref = q.float().reshape(-1, 128, heads, 128).mean(1).to(torch.bfloat16)
@@ -218,7 +217,8 @@ def test_block_select_kernels_match_reference(shape: tuple[int, int, int, int, i
     slot_order = [3, 0, 2, 1][:n_k]  # a rotated ring: logical chunks out of slot order
     kpool, slots = _ring_inputs(k, geom, slot_order)
     lists = kernels.block_select(qb, kpool, slots, geom)
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     probs, thr = lists.probs, lists.thr
 
     # probabilities agree with the transliteration (bf16 score flips aside)
@@ -243,86 +243,38 @@ def test_block_select_kernels_match_reference(shape: tuple[int, int, int, int, i
 
 
 @requires_gpu
-def test_block_select_rejects_bad_inputs() -> None:
+@pytest.mark.parametrize("shape", SMALL + FULL, ids=lambda s: "x".join(map(str, s)))
+def test_block_select_kernels_match_reference(shape: tuple[int, int, int, int, int, int | None]) -> None:
+    _check_block_select_kernels(shape, "cuda")
+
+
+@pytest.mark.parametrize("shape", SMALL + FULL, ids=lambda s: "x".join(map(str, s)))
+def test_block_select_kernels_on_cpu_match_reference(
+    shape: tuple[int, int, int, int, int, int | None], host_kernels: list
+) -> None:
+    """The same checks with kernels/block_select.cu executed by the CPU harness (tests/kernels/host)."""
+    _check_block_select_kernels(shape, "cpu")
+
+
+def _check_block_select_rejects_bad_inputs(device: str) -> None:
     from livevsr.engines.flashvsr import kernels
 
     geom = BlockGeometry(blocks_h=2, blocks_w=3, topk=5, local_range=3)
-    qb = torch.zeros(6, 2, 128, dtype=torch.bfloat16, device="cuda")
-    kpool = torch.zeros(4, 6, 2, 128, dtype=torch.bfloat16, device="cuda")
+    qb = torch.zeros(6, 2, 128, dtype=torch.bfloat16, device=device)
+    kpool = torch.zeros(4, 6, 2, 128, dtype=torch.bfloat16, device=device)
     with pytest.raises(ValueError, match=r"qb: expected .*\[n_q\*6, 2, 128\]"):
         kernels.block_select(qb.float(), kpool, (0,), geom)
     with pytest.raises(ValueError, match=r"kpool: expected \[n_slots, 6, heads, 128\]"):
         kernels.block_select(qb, kpool[0], (0,), geom)
     with pytest.raises(ValueError, match=r"slots: expected 1..4 ring slot indices"):
         kernels.block_select(qb, kpool, (0, 4), geom)
+    kernels.block_select(qb, kpool, (0,), geom)  # and a good call goes through
 
 
-def emulate_draft_scores_softmax(
-    qb: np.ndarray, kpool: np.ndarray, slots: list[int], geom: BlockGeometry, n_k: int
-) -> np.ndarray:
-    """draft_scores_softmax transliterated per (row, warp lane): the local-candidate enumeration,
-    ring-slot addressing, per-lane fma of 4 channels, xor-butterfly warp sum, bf16 roundings, and the
-    dense write-back. qb [nqb, H, 128], kpool [slots, S, H, 128] (bf16 values in float32)."""
-    S, bw, lr = geom.blocks_per_chunk, geom.blocks_w, geom.local_range
-    nqb, heads = qb.shape[:2]
-    nkb = n_k * S
-    inv_sqrt_d = np.float32(1.0) / np.float32(math.sqrt(128))
-    probs = np.full((heads, nqb, nkb), np.nan, np.float32)
-    lanes = np.arange(32)
-    for h in range(heads):
-        for i in range(nqb):
-            sq = i % S
-            r, c = sq // bw, sq % bw
-            half = lr // 2
-            r0, r1 = max(0, r - half), min(geom.blocks_h - 1, r - half + lr - 1)
-            c0, c1 = max(0, c - half), min(bw - 1, c - half + lr - 1)
-            nr, nc = r1 - r0 + 1, c1 - c0 + 1
-            per_chunk = nr * nc
-            qv = qb[i, h].reshape(32, 4)  # lane holds channels 4*lane .. 4*lane+3
-            sc = np.empty(n_k * per_chunk, np.float32)
-            for e in range(n_k * per_chunk):
-                ck, rem = e // per_chunk, e % per_chunk
-                rr, cc = r0 + rem // nc, c0 + rem % nc
-                kv = kpool[slots[ck], rr * bw + cc, h].reshape(32, 4)
-                part = np.zeros(32, np.float32)
-                for u in range(4):
-                    part = (qv[:, u] * kv[:, u] + part).astype(np.float32)  # fmaf up to rounding
-                for o in (16, 8, 4, 2, 1):
-                    part = (part + part[lanes ^ o]).astype(np.float32)
-                sc[e] = _bf16(_bf16(part[:1]) * inv_sqrt_d)[0]
-            m = sc.max()
-            total = np.exp(sc - m, dtype=np.float32).sum(dtype=np.float32)
-            for j in range(nkb):
-                ck, sk = j // S, j % S
-                rr, cc = sk // bw, sk % bw
-                p = np.float32(0)
-                if r0 <= rr <= r1 and c0 <= cc <= c1:
-                    p = np.exp(sc[(ck * nr + (rr - r0)) * nc + (cc - c0)] - m, dtype=np.float32) / total
-                probs[h, i, j] = p
-    return probs
+@requires_gpu
+def test_block_select_rejects_bad_inputs() -> None:
+    _check_block_select_rejects_bad_inputs("cuda")
 
 
-@pytest.mark.parametrize("shape", SMALL[1:4], ids=lambda s: "x".join(map(str, s)))
-def test_emulated_score_kernel_matches_transliteration(
-    shape: tuple[int, int, int, int, int, int | None],
-) -> None:
-    bh, bw, lr, n_q, n_k, topk = shape
-    geom = _geom(bh, bw, lr, topk)
-    S, heads = geom.blocks_per_chunk, 3
-    gen = torch.Generator().manual_seed(zlib.crc32(repr(("emu", shape)).encode()))
-    q = _tokens(n_q * S, heads, gen)
-    k = _tokens(n_k * S, heads, gen)
-    qb = _bf16((q.float().reshape(-1, 128, heads, 128).sum(1) * (1 / 128)).numpy())
-    kb = _bf16((k.float().reshape(-1, 128, heads, 128).sum(1) * (1 / 128)).numpy())
-    slots = [3, 0, 2, 1][:n_k]
-    kpool = np.full((4, S, heads, 128), np.nan, np.float32)  # unused slots NaN: wrong reads show
-    for ck, slot in enumerate(slots):
-        kpool[slot] = kb[ck * S : (ck + 1) * S]
-    got = emulate_draft_scores_softmax(qb, kpool, slots, geom, n_k)
-    want = kernel_algorithm(q, k, geom)["probs"]
-    diff = np.abs(got - want)
-    print(f"probs: max diff {diff.max():.3g}")
-    assert np.isfinite(got).all()
-    # equal up to float32 summation order, and a rare one-ulp bf16 score flip
-    assert (diff <= 1e-5 + 1e-5 * want).mean() > 0.99
-    assert diff.max() <= 0.02 * want.max()
+def test_block_select_rejects_bad_inputs_on_cpu(host_kernels: list) -> None:
+    _check_block_select_rejects_bad_inputs("cpu")

@@ -4,7 +4,8 @@ against attention.block_sparse_attention_reference.
 As flash-attention's tests do: the kernel's error against an fp32 reference may be at most about
 twice that of the same math done in bf16 torch. Shapes include grids that are not powers of two,
 query blocks that select nothing, a rotated ring, and 768x1408 (S = 66) steady state and first step.
-Without a CUDA GPU only the pure-torch helpers and the argument checks run.
+Every GPU test has a CPU twin (`..._on_cpu`, small shapes) that executes the same kernel source through
+the host harness (tests/kernels/host, `host_kernels` fixture) with the same checks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import math
 import zlib
 
-import numpy as np
 import pytest
 import torch
 
@@ -155,37 +155,67 @@ def test_kv_ring_slots_rotate_without_copies() -> None:
 # GPU
 
 
-@requires_gpu
-@pytest.mark.parametrize(
-    "heads,nqb,nkb,density",
-    [(2, 1, 1, 1.0), (2, 3, 7, 0.5), (3, 5, 13, 0.3), (12, 4, 9, 0.0), (2, 2, 40, 1.0)],
-)
-def test_block_sparse_attn_plain_layout(heads: int, nqb: int, nkb: int, density: float) -> None:
+PLAIN = [(2, 1, 1, 1.0), (2, 3, 7, 0.5), (3, 5, 13, 0.3), (12, 4, 9, 0.0), (2, 2, 40, 1.0)]
+RING = [(2, 3, 3, 1, 4, 2), (1, 5, 3, 3, 3, 3), (6, 11, 11, 1, 4, 12), (6, 11, 11, 3, 3, 12)]
+RING_IDS = ["2x3-steady", "1x5-first", "768x1408-steady", "768x1408-first"]
+
+
+def _attn(q: torch.Tensor, *args: object, **kw: object) -> torch.Tensor:
+    """kernels.block_sparse_attn into a NaN-filled output, so rows the kernel never writes show."""
+    out = torch.full_like(q, float("nan"))
+    got = kernels.block_sparse_attn(q, *args, out=out, **kw)
+    if q.is_cuda:
+        torch.cuda.synchronize()
+    return got
+
+
+def _check_plain_layout(heads: int, nqb: int, nkb: int, density: float, device: str) -> None:
     gen = _seed(heads, nqb, nkb, density)
-    q = torch.randn(nqb * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
-    k = torch.randn(nkb * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
-    v = torch.randn(nkb * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
-    mask = _random_mask(heads, nqb, nkb, density, gen).cuda()
+    q = torch.randn(nqb * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
+    k = torch.randn(nkb * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
+    v = torch.randn(nkb * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
+    mask = _random_mask(heads, nqb, nkb, density, gen).to(device)
     idx, cnt = kernels.mask_to_lists(mask)
-    out = kernels.block_sparse_attn(q, k, v, idx, cnt)
-    torch.cuda.synchronize()
+    out = _attn(q, k, v, idx, cnt)
     _check_close(out, q, k, v, mask)
 
 
 @requires_gpu
-def test_block_sparse_attn_dense_matches_sdpa() -> None:
+@pytest.mark.parametrize("heads,nqb,nkb,density", PLAIN)
+def test_block_sparse_attn_plain_layout(heads: int, nqb: int, nkb: int, density: float) -> None:
+    _check_plain_layout(heads, nqb, nkb, density, "cuda")
+
+
+@pytest.mark.parametrize("heads,nqb,nkb,density", PLAIN)
+def test_block_sparse_attn_plain_layout_on_cpu(
+    heads: int, nqb: int, nkb: int, density: float, host_kernels: list
+) -> None:
+    """kernels/block_sparse_attn.cu executed by the CPU harness (tests/kernels/host), same checks."""
+    _check_plain_layout(heads, nqb, nkb, density, "cpu")
+
+
+def _check_dense_matches_sdpa(device: str) -> None:
     gen = _seed("dense")
-    q = torch.randn(512, 4, 128, generator=gen).to("cuda", torch.bfloat16)
-    k = torch.randn(1024, 4, 128, generator=gen).to("cuda", torch.bfloat16)
-    v = torch.randn(1024, 4, 128, generator=gen).to("cuda", torch.bfloat16)
-    idx, cnt = kernels.mask_to_lists(torch.ones(4, 4, 8, dtype=torch.bool, device="cuda"))
-    out = kernels.block_sparse_attn(q, k, v, idx, cnt)
+    q = torch.randn(512, 4, 128, generator=gen).to(device, torch.bfloat16)
+    k = torch.randn(1024, 4, 128, generator=gen).to(device, torch.bfloat16)
+    v = torch.randn(1024, 4, 128, generator=gen).to(device, torch.bfloat16)
+    idx, cnt = kernels.mask_to_lists(torch.ones(4, 4, 8, dtype=torch.bool, device=device))
+    out = _attn(q, k, v, idx, cnt)
     sdpa = torch.nn.functional.scaled_dot_product_attention(
         q.permute(1, 0, 2).float(), k.permute(1, 0, 2).float(), v.permute(1, 0, 2).float()
     ).permute(1, 0, 2)
     err = (out.float() - sdpa).abs()
     print(f"dense: max {err.max().item():.3g} mean {err.mean().item():.3g}")
     assert err.max().item() < 2e-2
+
+
+@requires_gpu
+def test_block_sparse_attn_dense_matches_sdpa() -> None:
+    _check_dense_matches_sdpa("cuda")
+
+
+def test_block_sparse_attn_dense_matches_sdpa_on_cpu(host_kernels: list) -> None:
+    _check_dense_matches_sdpa("cpu")
 
 
 def _ring_layer(
@@ -202,37 +232,43 @@ def _ring_layer(
     return rk, rv
 
 
-@requires_gpu
-@pytest.mark.parametrize(
-    "bh,bw,lr,n_q,n_k,heads",
-    [(2, 3, 3, 1, 4, 2), (1, 5, 3, 3, 3, 3), (6, 11, 11, 1, 4, 12), (6, 11, 11, 3, 3, 12)],
-    ids=["2x3-steady", "1x5-first", "768x1408-steady", "768x1408-first"],
-)
-def test_block_sparse_attn_ring_layout(bh: int, bw: int, lr: int, n_q: int, n_k: int, heads: int) -> None:
+def _check_ring_layout(bh: int, bw: int, lr: int, n_q: int, n_k: int, heads: int, device: str) -> None:
     S = bh * bw
     gen = _seed(bh, bw, n_q, n_k)
-    q = torch.randn(n_q * S * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
-    k = torch.randn(n_k * S * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
-    v = torch.randn(n_k * S * 128, heads, 128, generator=gen).to("cuda", torch.bfloat16)
+    q = torch.randn(n_q * S * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
+    k = torch.randn(n_k * S * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
+    v = torch.randn(n_k * S * 128, heads, 128, generator=gen).to(device, torch.bfloat16)
     # the spec's density: a random top-45% inside the local window, some rows empty
     local = local_block_mask(bh, bw, lr).repeat(n_q, n_k)
-    mask = (_random_mask(heads, n_q * S, n_k * S, 0.6, gen) & local).cuda()
+    mask = (_random_mask(heads, n_q * S, n_k * S, 0.6, gen) & local).to(device)
     slot_order = [2, 0, 3, 1][:n_k]
     rk, rv = _ring_layer(k, v, S, slot_order)
     idx, cnt = kernels.mask_to_lists(mask)
-    out = kernels.block_sparse_attn(q, rk, rv, idx, cnt, slots=slot_order, blocks_per_chunk=S)
-    torch.cuda.synchronize()
+    out = _attn(q, rk, rv, idx, cnt, slots=slot_order, blocks_per_chunk=S)
     _check_close(out, q, k, v, mask)
 
 
 @requires_gpu
-@pytest.mark.parametrize("bh,bw,lr,heads", [(2, 3, 3, 2), (6, 11, 11, 12)], ids=["2x3", "768x1408"])
-def test_cupy_backend_matches_reference_over_steps(bh: int, bw: int, lr: int, heads: int) -> None:
+@pytest.mark.parametrize("bh,bw,lr,n_q,n_k,heads", RING, ids=RING_IDS)
+def test_block_sparse_attn_ring_layout(bh: int, bw: int, lr: int, n_q: int, n_k: int, heads: int) -> None:
+    _check_ring_layout(bh, bw, lr, n_q, n_k, heads, "cuda")
+
+
+@pytest.mark.parametrize("bh,bw,lr,n_q,n_k,heads", RING[:2], ids=RING_IDS[:2])
+def test_block_sparse_attn_ring_layout_on_cpu(
+    bh: int, bw: int, lr: int, n_q: int, n_k: int, heads: int, host_kernels: list
+) -> None:
+    """The small ring shapes on the CPU harness (768x1408 would take minutes there)."""
+    _check_ring_layout(bh, bw, lr, n_q, n_k, heads, "cpu")
+
+
+def _check_backend_over_steps(bh: int, bw: int, lr: int, heads: int, device: str) -> None:
     """First step (3 chunks) then steady steps through the ring, per layer, against the reference
     backend's cache bookkeeping; attention is compared under the kernels' own mask (exactly what the
     backend used), and that mask against draft_block_mask up to near-threshold flips."""
     S = bh * bw
     geom = BlockGeometry(bh, bw, topk_budget(S, bh * 128, bw * 128, 2.0), lr)
+    # device "cuda" even for the CPU harness: the ring goes wherever q lives
     backend = kernels.CupyAttentionBackend(layers=2, heads=heads)
     reference = ReferenceBackend()
     gen = _seed("backend", bh, bw)
@@ -244,7 +280,7 @@ def test_cupy_backend_matches_reference_over_steps(bh: int, bw: int, lr: int, he
             q, k, v = (
                 (offset + torch.randn(n_q * S, 128, heads, 128, generator=gen))
                 .reshape(-1, heads, 128)
-                .to("cuda", torch.bfloat16)
+                .to(device, torch.bfloat16)
                 for _ in range(3)
             )
             out = backend.attend(layer, q, k, v, geom)
@@ -270,187 +306,12 @@ def test_cupy_backend_matches_reference_over_steps(bh: int, bw: int, lr: int, he
     assert backend.cached_chunks(0, geom) == 0
 
 
-# ------------------------------------------------------------------------------------------------
-# CPU: a lane-level emulation of block_sparse_attn_fwd. The kernel's own index arithmetic (swizzle,
-# per-lane ldmatrix row addresses, S-accumulator -> A-fragment reuse, epilogue) is transliterated
-# line by line; ldmatrix and mma.sync are emulated from the PTX ISA's fragment layouts (m8n8 x4 b16,
-# m16n8k16 row.col bf16). cp.async copies happen at once, so this checks indexing, not the pipeline.
-
-_Q_BYTES, _TILE_BYTES = 128 * 256, 64 * 256
-_LANE = np.arange(32)
-_G, _T = _LANE // 4, _LANE % 4  # groupID, thread-in-group
+@requires_gpu
+@pytest.mark.parametrize("bh,bw,lr,heads", [(2, 3, 3, 2), (6, 11, 11, 12)], ids=["2x3", "768x1408"])
+def test_cupy_backend_matches_reference_over_steps(bh: int, bw: int, lr: int, heads: int) -> None:
+    _check_backend_over_steps(bh, bw, lr, heads, "cuda")
 
 
-def _bf16_np(x: np.ndarray) -> np.ndarray:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16).float().numpy()
-
-
-def _swz(r: np.ndarray, c: np.ndarray | int) -> np.ndarray:
-    return r * 256 + ((c ^ (r & 7)) << 4)
-
-
-def _ldsm_x4(smem: np.ndarray, addr: np.ndarray, trans: bool = False) -> list[np.ndarray]:
-    """addr [W, 32] byte addresses (lanes 8i..8i+7: rows of matrix i) -> 4 registers [W, 32, 2]."""
-    regs = []
-    for i in range(4):
-        rows = addr[:, 8 * i : 8 * i + 8] // 2  # [W, 8] element offsets
-        mat = smem[rows[..., None] + np.arange(8)]  # [W, 8, 8]
-        if trans:
-            mat = mat.transpose(0, 2, 1)
-        regs.append(np.stack([mat[:, _G, 2 * _T], mat[:, _G, 2 * _T + 1]], -1))
-    return regs
-
-
-def _mma(c: np.ndarray, a: list[np.ndarray], b0: np.ndarray, b1: np.ndarray) -> np.ndarray:
-    """D = A B + C for m16n8k16 fragments: c [W, 32, 4], a 4 x [W, 32, 2], b0, b1 [W, 32, 2]."""
-    w = c.shape[0]
-    A = np.zeros((w, 16, 16), np.float64)
-    B = np.zeros((w, 16, 8), np.float64)
-    C = np.zeros((w, 16, 8), np.float64)
-    for e in (0, 1):
-        A[:, _G, 2 * _T + e] = a[0][..., e]
-        A[:, _G + 8, 2 * _T + e] = a[1][..., e]
-        A[:, _G, 2 * _T + 8 + e] = a[2][..., e]
-        A[:, _G + 8, 2 * _T + 8 + e] = a[3][..., e]
-        B[:, 2 * _T + e, _G] = b0[..., e]
-        B[:, 2 * _T + 8 + e, _G] = b1[..., e]
-        C[:, _G, 2 * _T + e] = c[..., e]
-        C[:, _G + 8, 2 * _T + e] = c[..., 2 + e]
-    D = (A @ B + C).astype(np.float32)
-    return np.stack(
-        [D[:, _G, 2 * _T], D[:, _G, 2 * _T + 1], D[:, _G + 8, 2 * _T], D[:, _G + 8, 2 * _T + 1]], -1
-    )
-
-
-def _shfl_xor(x: np.ndarray, m: int) -> np.ndarray:
-    return x[:, _LANE ^ m]
-
-
-def emulate_block_sparse_attn(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, idx: np.ndarray, cnt: np.ndarray, slots: list[int], S: int
-) -> np.ndarray:
-    """q [Lq, H, 128], k/v [tokens, H, 128] (ring slots flattened), bf16 values in float32."""
-    heads = q.shape[1]
-    nq_blocks = q.shape[0] // 128
-    out = np.zeros_like(q)
-    warp = np.arange(8)[:, None]
-    tid = warp * 32 + _LANE[None, :]
-    scale_log2 = np.float32(1.4426950408889634 / math.sqrt(128))
-    for h in range(heads):
-        for qblk in range(nq_blocks):
-            n = int(cnt[h, qblk])
-            if n <= 0:
-                continue  # the kernel writes zeros
-            smem = np.full(98304 // 2, np.nan, np.float32)
-
-            def copy16(dst: np.ndarray, src: np.ndarray, tok: np.ndarray, c: np.ndarray) -> None:
-                for d, t_, c_ in zip(dst.ravel() // 2, tok.ravel(), c.ravel(), strict=True):
-                    smem[d : d + 8] = src[t_, h, c_ * 8 : c_ * 8 + 8]  # noqa: B023
-
-            for i in range(8):
-                e = tid + i * 256
-                r, c = e >> 4, e & 15
-                copy16(_swz(r, c), q, qblk * 128 + r, c)
-
-            def load_kv_tile(t: int, stage: int) -> None:
-                j = int(idx[h, qblk, t >> 1])  # noqa: B023
-                chunk = j // S
-                sb = j - chunk * S
-                tok0 = (slots[chunk] * S + sb) * 128 + (t & 1) * 64
-                s_k = _Q_BYTES + stage * 2 * _TILE_BYTES
-                for i in range(4):
-                    e = tid + i * 256
-                    r, c = e >> 4, e & 15
-                    copy16(s_k + _swz(r, c), k, tok0 + r, c)
-                    copy16(s_k + _TILE_BYTES + _swz(r, c), v, tok0 + r, c)
-
-            load_kv_tile(0, 0)
-            o = np.zeros((8, 32, 16, 4), np.float32)
-            row_max = np.full((8, 32, 2), -np.inf, np.float32)
-            row_sum = np.zeros((8, 32, 2), np.float32)
-            qf = []
-            for t in range(2 * n):
-                if t + 1 < 2 * n:
-                    load_kv_tile(t + 1, (t + 1) & 1)
-                if t == 0:
-                    for ks in range(8):
-                        r = warp * 16 + (_LANE & 7) + ((_LANE >> 3) & 1) * 8
-                        c = ks * 2 + (_LANE >> 4)
-                        qf.append(_ldsm_x4(smem, _swz(r, c)))
-                s_k = _Q_BYTES + (t & 1) * 2 * _TILE_BYTES
-                s_v = s_k + _TILE_BYTES
-                s = np.zeros((8, 32, 8, 4), np.float32)
-                for ks in range(8):
-                    for n2 in range(4):
-                        r = n2 * 16 + (_LANE & 7) + (_LANE >> 4) * 8
-                        c = ks * 2 + ((_LANE >> 3) & 1)
-                        b = _ldsm_x4(smem, np.broadcast_to(s_k + _swz(r, c), (8, 32)))
-                        s[:, :, 2 * n2] = _mma(s[:, :, 2 * n2], qf[ks], b[0], b[1])
-                        s[:, :, 2 * n2 + 1] = _mma(s[:, :, 2 * n2 + 1], qf[ks], b[2], b[3])
-                mx0 = np.maximum(row_max[..., 0], np.maximum(s[..., 0], s[..., 1]).max(-1))
-                mx1 = np.maximum(row_max[..., 1], np.maximum(s[..., 2], s[..., 3]).max(-1))
-                for m in (1, 2):
-                    mx0 = np.maximum(mx0, _shfl_xor(mx0, m))
-                    mx1 = np.maximum(mx1, _shfl_xor(mx1, m))
-                corr = np.exp2(np.stack([(row_max[..., 0] - mx0), (row_max[..., 1] - mx1)], -1) * scale_log2)
-                row_max = np.stack([mx0, mx1], -1)
-                row_sum *= corr
-                o[..., 0:2] *= corr[..., None, 0:1]
-                o[..., 2:4] *= corr[..., None, 1:2]
-                off = (row_max * scale_log2)[..., None, :]  # [8, 32, 1, 2]
-                s[..., 0:2] = np.exp2(s[..., 0:2] * scale_log2 - off[..., 0:1])
-                s[..., 2:4] = np.exp2(s[..., 2:4] * scale_log2 - off[..., 1:2])
-                row_sum[..., 0] += (s[..., 0] + s[..., 1]).sum(-1)
-                row_sum[..., 1] += (s[..., 2] + s[..., 3]).sum(-1)
-                for kk in range(4):
-                    pa = [
-                        _bf16_np(s[:, :, 2 * kk, 0:2]),
-                        _bf16_np(s[:, :, 2 * kk, 2:4]),
-                        _bf16_np(s[:, :, 2 * kk + 1, 0:2]),
-                        _bf16_np(s[:, :, 2 * kk + 1, 2:4]),
-                    ]
-                    for d2 in range(8):
-                        r = kk * 16 + (_LANE & 7) + ((_LANE >> 3) & 1) * 8
-                        c = d2 * 2 + (_LANE >> 4)
-                        b = _ldsm_x4(smem, np.broadcast_to(s_v + _swz(r, c), (8, 32)), trans=True)
-                        o[:, :, 2 * d2] = _mma(o[:, :, 2 * d2], pa, b[0], b[1])
-                        o[:, :, 2 * d2 + 1] = _mma(o[:, :, 2 * d2 + 1], pa, b[2], b[3])
-            lsum = row_sum.copy()
-            for m in (1, 2):
-                lsum += _shfl_xor(lsum, m)
-            r0 = warp * 16 + _G
-            r1 = r0 + 8
-            for nt in range(16):
-                lo = _swz(r0, nt) // 2 + _T * 2  # element offsets of the bf16 pair
-                hi = _swz(r1, nt) // 2 + _T * 2
-                for e in (0, 1):
-                    smem[lo + e] = _bf16_np(o[:, :, nt, e] / lsum[..., 0])
-                    smem[hi + e] = _bf16_np(o[:, :, nt, 2 + e] / lsum[..., 1])
-            for i in range(8):
-                e = tid + i * 256
-                r, c = e >> 4, e & 15
-                for rr, cc in zip(r.ravel(), c.ravel(), strict=True):
-                    a = int(_swz(rr, cc)) // 2
-                    out[qblk * 128 + rr, h, cc * 8 : cc * 8 + 8] = smem[a : a + 8]
-    return out
-
-
-def test_lane_emulation_of_the_kernel_matches_reference() -> None:
-    gen = _seed("emulation")
-    heads, S, n_k, nq_blocks = 2, 3, 2, 2
-    slots = [1, 0]  # logical chunk 0 in slot 1: a rotated ring
-    q = torch.randn(nq_blocks * 128, heads, 128, generator=gen).to(torch.bfloat16)
-    k = torch.randn(n_k * S * 128, heads, 128, generator=gen).to(torch.bfloat16)
-    v = torch.randn(n_k * S * 128, heads, 128, generator=gen).to(torch.bfloat16)
-    mask = torch.zeros(heads, nq_blocks, n_k * S, dtype=torch.bool)
-    mask[0, 0, [1, 4, 5]] = True
-    mask[1, 0, [0]] = True
-    mask[1, 1, [2, 3]] = True  # head 0, query block 1 stays empty
-    idx, cnt = kernels.mask_to_lists(mask)
-    chunk = S * 128
-    ring_k = torch.cat([k[chunk:], k[:chunk]])  # slot 0 = chunk 1, slot 1 = chunk 0
-    ring_v = torch.cat([v[chunk:], v[:chunk]])
-    got = emulate_block_sparse_attn(
-        q.float().numpy(), ring_k.float().numpy(), ring_v.float().numpy(), idx.numpy(), cnt.numpy(), slots, S
-    )
-    _check_close(torch.from_numpy(got).to(torch.bfloat16), q, k, v, mask)
+def test_cupy_backend_matches_reference_over_steps_on_cpu(host_kernels: list) -> None:
+    pytest.importorskip("cupy", reason="the cupy backend imports cupy (cupy-cuda13x)")
+    _check_backend_over_steps(2, 3, 3, 2, "cpu")

@@ -94,8 +94,9 @@ def draft_block_mask(q: torch.Tensor, k: torch.Tensor, geom: BlockGeometry) -> t
     """Which key blocks each query block attends to, per head (spec section 3.3).
 
     q: [S*n_q*128, H, D], k: [S*n_k*128, H, D] (cache + current), block-major. Returns bool
-    [H, S*n_q, S*n_k]. Reproduces the official arithmetic: block means and their dot products
-    rounded to bf16, the -inf local prior added in fp32, a softmax over every key block, then per
+    [H, S*n_q, S*n_k]. Reproduces the official arithmetic in the compute dtype (q's): block means
+    and their dot products rounded to that dtype (bf16 in a bf16 run, no rounding in an fp32 one),
+    the -inf local prior added in fp32, a softmax over every key block, then per
     (head, query chunk) one shared budget: keep the entries strictly above the (k'+1)-th largest,
     k' = min(numel - 1, topk). Rows may end up empty; entries outside the local window are 0 after
     the softmax and so are never kept.
@@ -108,11 +109,13 @@ def draft_block_mask(q: torch.Tensor, k: torch.Tensor, geom: BlockGeometry) -> t
             f"draft_block_mask: q {tuple(q.shape)} / k {tuple(k.shape)} are not whole chunks of {s} blocks"
         )
     n_q, n_k = nqb // s, nkb // s
-    # Pooled in fp32 then rounded: what torch's bf16 mean does (fp32 accumulate, one rounding).
-    qb = q.reshape(nqb, BLOCK, heads, dim).float().mean(1).to(torch.bfloat16)  # [nqb, H, D]
-    kb = k.reshape(nkb, BLOCK, heads, dim).float().mean(1).to(torch.bfloat16)
-    scores = torch.einsum("ihd,jhd->hij", qb.float(), kb.float()).to(torch.bfloat16)  # bf16 einsum
-    scores = scores / math.sqrt(dim)  # bf16 / float -> bf16, as upstream
+    # Upstream pools and scores in the tensors' own dtype. Pooled in fp32 then rounded once: what
+    # torch's bf16 mean and einsum do (fp32 accumulate, one rounding); a no-op rounding in fp32.
+    dtype = q.dtype
+    qb = q.reshape(nqb, BLOCK, heads, dim).float().mean(1).to(dtype)  # [nqb, H, D]
+    kb = k.reshape(nkb, BLOCK, heads, dim).float().mean(1).to(dtype)
+    scores = torch.einsum("ihd,jhd->hij", qb.float(), kb.float()).to(dtype)
+    scores = scores / math.sqrt(dim)  # dtype / float -> dtype, as upstream
     local = local_block_mask(geom.blocks_h, geom.blocks_w, geom.local_range, q.device).repeat(n_q, n_k)
     prior = torch.zeros(local.shape, dtype=torch.float32, device=q.device).masked_fill_(~local, float("-inf"))
     probs = torch.softmax(scores.float() + prior, dim=-1)  # [H, S*n_q, S*n_k]

@@ -1,14 +1,19 @@
 """Offline compile check for the CUDA kernels: no GPU or driver needed.
 
-``python -m livevsr.engines.flashvsr.kernel_check [source.cu ...]`` compiles every ``kernels/*.cu``
-(or the given sources) through NVRTC with the options ``cupy.RawModule`` would use, for each arch the
-source targets (``kernels.KERNEL_ARCHS``), with ptxas verbose output and spills as errors. It prints
+``python -m livevsr.engines.flashvsr.kernel_check [--arch 90 ...] [source.cu ...]`` compiles every
+``kernels/*.cu`` (or the given sources) through NVRTC with the options ``cupy.RawModule`` would use,
+for each arch the source targets (``kernels.KERNEL_ARCHS``: plain sm_90, which is what cupy builds
+on an H100, sm_90a and sm_80) or the ``--arch`` given, with ptxas verbose output and spills as
+errors. ``--json`` prints one JSON object instead of the table. It prints
 registers, spills and shared memory per kernel and arch, and exits 1 on a compile error, a spill, or
 static + dynamic shared memory over the arch's per-block limit. Recipe: shared/design/gpu_offline.md.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -127,28 +132,62 @@ def check_source(path: Path, archs: tuple[str, ...] | None = None) -> list[Kerne
     return out
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m livevsr.engines.flashvsr.kernel_check",
+        description="Compile the CUDA kernels offline through NVRTC (no GPU needed): registers, spills, "
+        "shared memory per kernel and arch; exit 1 on a compile error, a spill or too much shared memory.",
+    )
+    p.add_argument("sources", nargs="*", type=Path, help=f"CUDA sources (default: every {KERNEL_DIR}/*.cu)")
+    p.add_argument(
+        "--arch",
+        action="append",
+        metavar="ARCH",
+        help="compile for sm_ARCH only (repeatable; e.g. 90, 90a, 80; default: each source's archs "
+        "in kernels.KERNEL_ARCHS)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    return p
+
+
 def main(argv: list[str]) -> int:
-    paths = [Path(a) for a in argv] or sorted(KERNEL_DIR.glob("*.cu"))
+    args = parser().parse_args(argv)
+    for arch in args.arch or ():
+        if arch not in SMEM_LIMIT_BYTES:
+            parser().error(f"--arch: expected one of {', '.join(SMEM_LIMIT_BYTES)}, got {arch!r}")
+    paths = args.sources or sorted(KERNEL_DIR.glob("*.cu"))
     if not paths:
         print(f"no kernels found under {KERNEL_DIR}", file=sys.stderr)
         return 1
+    archs = tuple(args.arch) if args.arch else None
     rc = 0
+    report: dict[str, list] = {"kernels": [], "errors": []}
     for path in paths:
+        if not path.is_file():
+            print(f"FAIL {path}: no such file", file=sys.stderr)
+            report["errors"].append(f"{path}: no such file")
+            rc = 1
+            continue
         try:
-            stats = check_source(path)
+            stats = check_source(path, archs)
         except KernelCompileError as e:
             print(f"FAIL {e}", file=sys.stderr)
+            report["errors"].append(str(e))
             rc = 1
             continue
         for s in stats:
             bad = s.problems()
-            print(
-                f"{'FAIL' if bad else 'ok  '} {s.source} sm_{s.arch} {s.kernel}: {s.registers} regs, "
-                f"stack {s.stack_bytes} B, spills {s.spill_store_bytes}/{s.spill_load_bytes} B, "
-                f"smem {s.static_smem_bytes} B static + {s.dynamic_smem_bytes} B dynamic"
-                + (f"  <-- {'; '.join(bad)}" if bad else "")
-            )
+            report["kernels"].append({**dataclasses.asdict(s), "problems": bad})
+            if not args.json:
+                print(
+                    f"{'FAIL' if bad else 'ok  '} {s.source} sm_{s.arch} {s.kernel}: {s.registers} regs, "
+                    f"stack {s.stack_bytes} B, spills {s.spill_store_bytes}/{s.spill_load_bytes} B, "
+                    f"smem {s.static_smem_bytes} B static + {s.dynamic_smem_bytes} B dynamic"
+                    + (f"  <-- {'; '.join(bad)}" if bad else "")
+                )
             rc |= bool(bad)
+    if args.json:
+        print(json.dumps({"bench": "kernel_check", "ok": rc == 0, **report}))
     return rc
 
 

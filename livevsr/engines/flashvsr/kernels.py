@@ -26,8 +26,9 @@ from livevsr.engines.flashvsr.attention import BlockGeometry
 KERNEL_DIR = Path(__file__).resolve().parents[3] / "kernels"
 DEFAULT_ARCHS = ("90a", "80")
 KERNEL_ARCHS: dict[str, tuple[str, ...]] = {  # archs kernel_check compiles each source for
-    "block_select.cu": ("90a", "80"),
-    "block_sparse_attn.cu": ("90a", "80"),
+    # "90": what cupy.RawModule builds on an H100 (plain sm_<compute capability>, never sm_90a).
+    "block_select.cu": ("90", "90a", "80"),
+    "block_sparse_attn.cu": ("90", "90a", "80"),
 }
 NVRTC_OPTIONS = ("--std=c++17",)
 
@@ -99,6 +100,34 @@ def _i32(x: int) -> np.int32:
     return np.int32(x)
 
 
+def _on_device(t: torch.Tensor) -> bool:
+    """Whether a kernel can read `t`: CUDA memory (tests/kernels/cuda_host.py, which runs the kernels
+    on the CPU, swaps this for its own test)."""
+    return t.is_cuda
+
+
+def canonical_device(device: torch.device | str) -> torch.device:
+    """``device`` with its index filled in where torch leaves it out: ``cuda`` is the current CUDA
+    device. A tensor's device always has its index (``cuda:0``), and ``torch.device("cuda:0") !=
+    torch.device("cuda")``, so devices given by name must be compared through this (or same_device)."""
+    d = torch.device(device)
+    if d.index is None and d.type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return d
+
+
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether ``a`` and ``b`` name the same device: ``cuda`` is ``cuda:<current>``, ``cpu`` is ``cpu:0``."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.index == b.index:
+        return True
+    if a.type == "cuda":
+        return canonical_device(a).index == canonical_device(b).index
+    return (a.index or 0) == (b.index or 0)
+
+
 def _check(
     name: str,
     t: Any,
@@ -115,9 +144,9 @@ def _check(
         raise ValueError(f"{name}: expected {want}, got dtype {t.dtype}")
     if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape, strict=True)):
         raise ValueError(f"{name}: expected {want}, got shape {list(t.shape)}")
-    if not t.is_cuda:
+    if not _on_device(t):
         raise ValueError(f"{name}: expected {want}, got a tensor on {t.device}")
-    if device is not None and t.device != device:
+    if device is not None and not same_device(t.device, device):
         raise ValueError(f"{name}: expected {want} on {device} (like q), got {t.device}")
     if not t.is_contiguous():
         raise ValueError(f"{name}: expected {want}, got a non-contiguous tensor (strides {t.stride()})")
@@ -369,7 +398,7 @@ class KVRing:
                 f"got {layers}, {blocks_per_chunk}, {heads}, {slots}"
             )
         self.layers, self.blocks_per_chunk, self.heads, self.n_slots = layers, blocks_per_chunk, heads, slots
-        self.device = torch.device(device)
+        self.device = canonical_device(device)  # "cuda" -> "cuda:0", as the tensors written will say
         tokens = blocks_per_chunk * BLOCK_TOKENS
         self.k = torch.empty(
             (layers, slots, tokens, heads, HEAD_DIM), dtype=torch.bfloat16, device=self.device
@@ -403,7 +432,7 @@ class KVRing:
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != torch.bfloat16:
                 got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{name}: expected a bf16 chunk {list(shape)}, got {got}")
-            if t.device != self.device:
+            if not same_device(t.device, self.device):
                 raise ValueError(f"{name}: expected a tensor on {self.device}, got {t.device}")
         slot = next(s for s in range(self.n_slots) if s not in order)
         self.k[layer, slot].copy_(k)
@@ -469,7 +498,7 @@ class CupyAttentionBackend:
             ring is None
             or ring.blocks_per_chunk != geom.blocks_per_chunk
             or ring.heads != heads
-            or ring.device != device
+            or not same_device(ring.device, device)
         ):
             self._ring = None  # free the old ring before allocating the new geometry's
             ring = self._ring = KVRing(self.layers, geom.blocks_per_chunk, heads, device)

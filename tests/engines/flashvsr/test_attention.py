@@ -29,11 +29,11 @@ def _qkv(lq: int, lk: int, heads: int = 2, dim: int = 32, seed: int = 0) -> tupl
 def _spec_draft_mask(q: torch.Tensor, k: torch.Tensor, geom: BlockGeometry) -> torch.Tensor:
     """The spec's pseudocode (section 3.5), loop by loop, as the oracle for draft_block_mask."""
     s = geom.blocks_per_chunk
-    heads, dim = q.shape[1], q.shape[2]
-    qb = q.reshape(-1, BLOCK, heads, dim).float().mean(1).bfloat16()
-    kb = k.reshape(-1, BLOCK, heads, dim).float().mean(1).bfloat16()
+    heads, dim, dt = q.shape[1], q.shape[2], q.dtype  # upstream computes in the tensors' dtype
+    qb = q.reshape(-1, BLOCK, heads, dim).float().mean(1).to(dt)
+    kb = k.reshape(-1, BLOCK, heads, dim).float().mean(1).to(dt)
     n_q, n_k = qb.shape[0] // s, kb.shape[0] // s
-    sc = torch.einsum("ind,jnd->nij", qb.float(), kb.float()).bfloat16() / math.sqrt(dim)
+    sc = torch.einsum("ind,jnd->nij", qb.float(), kb.float()).to(dt) / math.sqrt(dim)
     loc = local_block_mask(geom.blocks_h, geom.blocks_w, geom.local_range).repeat(n_q, n_k)
     p = torch.softmax(sc.float() + torch.where(loc, 0.0, float("-inf")), -1)
     sel = torch.zeros_like(p, dtype=torch.bool)
@@ -69,10 +69,12 @@ def test_topk_budget_matches_the_spec() -> None:
     assert topk_budget(60, 768, 1280, 2.0) == int(3600 * 2.0) - 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("n_q,n_k", [(3, 3), (1, 4)])
-def test_draft_mask_matches_the_spec_loop(n_q: int, n_k: int) -> None:
+def test_draft_mask_matches_the_spec_loop(n_q: int, n_k: int, dtype: torch.dtype) -> None:
     geom = BlockGeometry(blocks_h=2, blocks_w=3, topk=7, local_range=3)
     q, k, _ = _qkv(geom.blocks_per_chunk * n_q * BLOCK, geom.blocks_per_chunk * n_k * BLOCK, heads=3)
+    q, k = q.to(dtype), k.to(dtype)
     got = draft_block_mask(q, k, geom)
     assert got.shape == (3, 6 * n_q, 6 * n_k)
     assert torch.equal(got, _spec_draft_mask(q, k, geom))
@@ -110,6 +112,36 @@ def test_draft_mask_threshold_is_strict() -> None:
     k[:BLOCK] *= 2  # two distinct values per row; a budget >= numel-1 drops the weakest only
     sel = draft_block_mask(q, k, big)[0]
     assert sel[:, 0].all() and not sel[:, 1].any()
+
+
+def _near_tie(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query block against three key chunks of one block each (S = 1), whose block means are
+    1, 1 + 2**-10 and 0.5 along channel 0. Every token is bf16-exact; the second key block's mean
+    (127 tokens of 1, one of 1.125) is not: bf16 rounds it to 1, a tie with the first block."""
+    q = torch.zeros(BLOCK, 1, 128)
+    q[:, 0, 0] = 1.0
+    k = torch.zeros(3 * BLOCK, 1, 128)
+    k[:BLOCK, 0, 0] = 1.0
+    k[BLOCK : 2 * BLOCK, 0, 0] = 1.0
+    k[2 * BLOCK - 1, 0, 0] = 1.125
+    k[2 * BLOCK :, 0, 0] = 0.5
+    assert torch.equal(k.bfloat16().float(), k)
+    return q.to(dtype), k.to(dtype)
+
+
+def test_draft_mask_rounds_in_the_compute_dtype_at_a_near_tie() -> None:
+    """Budget k' = 1: the threshold is the 2nd largest probability and only entries strictly above
+    it are kept. In fp32 the second block wins by 2**-10 (as the official fp32 run computes); in bf16
+    its mean rounds to a tie with the first block, so nothing is strictly above (official bf16)."""
+    geom = BlockGeometry(blocks_h=1, blocks_w=1, topk=1, local_range=1)
+    q, k = _near_tie(torch.float32)
+    fp32 = draft_block_mask(q, k, geom)[0, 0]
+    assert fp32.tolist() == [False, True, False]
+    q, k = _near_tie(torch.bfloat16)
+    assert not draft_block_mask(q, k, geom).any()
+    for dtype in (torch.float32, torch.bfloat16):  # both agree with the spec loop in that dtype
+        q, k = _near_tie(dtype)
+        assert torch.equal(draft_block_mask(q, k, geom), _spec_draft_mask(q, k, geom))
 
 
 def test_reference_attention_with_a_full_mask_is_dense_attention() -> None:
