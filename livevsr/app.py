@@ -15,9 +15,12 @@ from livevsr.config import Config, split_host_port
 from livevsr.engines.registry import choose_engine, preload
 from livevsr.errors import ConfigError
 from livevsr.ingest.whip import WhipServer
+from livevsr.limits import Defences
 from livevsr.pipeline.manager import StreamManager
 from livevsr.publish.whep import WhepServer
+from livevsr.server.guard import GuardedTCPSite, HttpGuard
 from livevsr.server.routes import build_app
+from livevsr.telemetry.logs import quiet_bad_requests
 from livevsr.telemetry.metrics import LoopLagMonitor, Metrics
 
 log = logging.getLogger(__name__)
@@ -57,13 +60,35 @@ def restrict_ice_addresses(addresses: list[str]) -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
 
 
+def set_consent_timeout(timeout_s: float) -> None:
+    """Drop a WebRTC peer that stops answering ICE consent checks after about ``timeout_s``.
+
+    aioice checks every 5 s and gives up after 6 misses (RFC 7675's 30 s); a killed viewer's slot
+    stayed taken for up to 90 s. Checking every 3 s (at most) keeps the check traffic small.
+    """
+    import aioice.ice
+
+    interval = min(3.0, timeout_s / 3)
+    aioice.ice.CONSENT_INTERVAL = interval
+    aioice.ice.CONSENT_FAILURES = max(2, round(timeout_s / interval))
+
+
 class App:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
         self.engine_choice = choose_engine(config.engine)
         self.manager: StreamManager | None = None
-        self.whep = WhepServer(config.webrtc.max_viewers_per_stream)
+        self.whep = WhepServer(
+            config.webrtc.max_viewers_per_stream,
+            max_sessions_per_ip=config.webrtc.max_sessions_per_ip,
+            connect_timeout_s=config.webrtc.connect_timeout_s,
+        )
+        self.defences = Defences.from_config(config.http)
+        self.http_guard = HttpGuard(
+            config.http.max_connections_per_ip, config.http.header_timeout_s, self.defences.summary
+        )
+        self._bad_request_filter: logging.Filter | None = None
         self.whip: WhipServer | None = None
         self.rtmp = None
         self.pulls: list = []  # PullSource per stream with a pull URL
@@ -80,6 +105,8 @@ class App:
         self._lag_task = asyncio.ensure_future(self.loop_lag.run())
         loop = asyncio.get_running_loop()
         restrict_ice_addresses(self.config.webrtc.ice_host_addresses)
+        set_consent_timeout(self.config.webrtc.consent_timeout_s)
+        self._bad_request_filter = quiet_bad_requests(self.defences.summary)
         self.manager = StreamManager(self.config, self.engine_choice, self.metrics, loop)
         for choice in {s.engine_choice.name: s.engine_choice for s in self.manager.streams.values()}.values():
             await asyncio.to_thread(preload, choice, self.config.engine)  # weights load once, off the loop
@@ -92,12 +119,14 @@ class App:
         app = build_app(
             self.manager, self.whep, self.metrics, self.ready, self.whip,
             viewer_token=self.config.http.viewer_token, admin_token=self.config.http.admin_token,
-            ingest=self.ingest, loop_lag=self.loop_lag,
+            ingest=self.ingest, loop_lag=self.loop_lag, defences=self.defences, guard=self.http_guard,
         )  # fmt: skip
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(
+            app, access_log=None, keepalive_timeout=self.config.http.keepalive_timeout_s
+        )
         await self._runner.setup()
         host, port = split_host_port(self.config.http.listen)
-        self._site = web.TCPSite(self._runner, host, port)
+        self._site = GuardedTCPSite(self._runner, host, port, self.http_guard)
         await listen("http.listen", self.config.http.listen, self._site.start())
         self.http_port = self._runner.addresses[0][1]
         self.ready["http"] = True
@@ -107,7 +136,10 @@ class App:
         if self.config.rtmp.enabled:
             from livevsr.ingest.rtmp import RTMPServer
 
-            self.rtmp = RTMPServer(self.config.rtmp, self.manager)
+            self.rtmp = RTMPServer(
+                self.config.rtmp, self.manager,
+                summary=self.defences.summary, key_failures=self.defences.key_failures,
+            )  # fmt: skip
             await listen("rtmp.listen", self.config.rtmp.listen, self.rtmp.start())
             self.rtmp_port = self.rtmp.port
             self.ingest.update(rtmp_port=self.rtmp_port, rtmp_app=self.config.rtmp.app)
@@ -171,6 +203,9 @@ class App:
         await self.whep.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._bad_request_filter is not None:
+            logging.getLogger("aiohttp.server").removeFilter(self._bad_request_filter)
+        self.defences.summary.close()
         self.ready = {k: False for k in self.ready}
 
 

@@ -96,9 +96,28 @@ class HTTPConfig:
     listen: str = "127.0.0.1:8889"  # viewer, WHEP, API, metrics; set 0.0.0.0:8889 to serve other machines
     viewer_token: str = ""  # if set, WHEP playback and /api/streams need "Authorization: Bearer <token>"
     admin_token: str = ""  # if set, enables the control API (kick a publisher) for this bearer token
+    # Limits against hostile clients (one address cannot hold sockets or slots, or slow others down):
+    header_timeout_s: float = 10.0  # a request header must be complete this long after its first byte
+    body_timeout_s: float = 10.0  # an SDP offer must have arrived this long after its header
+    keepalive_timeout_s: float = 15.0  # an idle keep-alive connection is closed after this
+    max_connections_per_ip: int = 32
+    sessions_per_ip_per_s: float = 1.0  # new WHEP/WHIP sessions and kicks per address, after a burst
+    sessions_burst: int = 10  # of this many
 
     def check(self, key: str) -> None:
         _host_port(f"{key}.listen", self.listen)
+        for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{key}.{name}: must be > 0, got {getattr(self, name)!r}")
+        if self.max_connections_per_ip < 1:
+            raise ConfigError(
+                f"{key}.max_connections_per_ip: must be >= 1, got {self.max_connections_per_ip!r}"
+            )
+        if self.sessions_per_ip_per_s < 0 or self.sessions_burst < 1:
+            raise ConfigError(
+                f"{key}.sessions_per_ip_per_s must be >= 0 (0 = no limit) and {key}.sessions_burst >= 1, "
+                f"got {self.sessions_per_ip_per_s!r} and {self.sessions_burst!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -107,12 +126,19 @@ class WebRTCConfig:
     # ["127.0.0.1"] for loopback-only tests (aioice skips loopback otherwise).
     ice_host_addresses: list[str] = field(default_factory=list)
     max_viewers_per_stream: int = 50
+    max_sessions_per_ip: int = 10  # WHEP sessions (pending or playing) one address may hold
+    connect_timeout_s: float = 10.0  # a WHEP session not connected (ICE + DTLS) by then is removed
+    # A peer that stops answering ICE consent checks (RFC 7675: tab killed, network gone) is dropped
+    # after about this long; RFC 7675's 30 s held a vanished viewer's slot for up to 90 s here.
+    consent_timeout_s: float = 15.0
 
     def check(self, key: str) -> None:
-        if self.max_viewers_per_stream < 1:
-            raise ConfigError(
-                f"{key}.max_viewers_per_stream: must be >= 1, got {self.max_viewers_per_stream!r}"
-            )
+        for name in ("max_viewers_per_stream", "max_sessions_per_ip"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name}: must be >= 1, got {getattr(self, name)!r}")
+        for name in ("connect_timeout_s", "consent_timeout_s"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"{key}.{name}: must be >= 2 (seconds), got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

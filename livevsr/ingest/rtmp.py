@@ -42,6 +42,8 @@ from livevsr.ingest.chunk import (
     ChunkWriter,
     Message,
 )
+from livevsr.limits import FailureDelay
+from livevsr.telemetry.logs import RepeatSummary
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +101,23 @@ def _describe_first_byte(first: int) -> str:
 class RTMPServer:
     """Accepts RTMP publishers on ``config.listen`` and feeds each publish to ``authority``'s sink."""
 
-    def __init__(self, config: RTMPConfig, authority: IngestAuthority) -> None:
+    def __init__(
+        self,
+        config: RTMPConfig,
+        authority: IngestAuthority,
+        *,
+        summary: RepeatSummary | None = None,
+        key_failures: FailureDelay | None = None,
+    ) -> None:
+        """``summary``: logs repeated refusals once per address and second; ``key_failures``: the
+        growing delay before refusing an address that keeps sending wrong keys (shared with WHIP)."""
         self.config = config
         self.authority = authority
+        self.summary = summary if summary is not None else RepeatSummary(log)
+        self.key_failures = key_failures if key_failures is not None else FailureDelay()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._per_ip: dict[str, int] = {}
-        self._refused_unlogged = 0  # connections refused by the per-IP cap since the last log line
-        self._refused_logged_at = -1e9
 
     async def start(self) -> None:
         """Bind ``config.listen`` ("127.0.0.1:0" gives an ephemeral port) and start accepting."""
@@ -164,17 +175,11 @@ class RTMPServer:
 
     def _log_refusal(self, peer: str, ip: str) -> None:
         """One line per second at most, however fast one address retries."""
-        self._refused_unlogged += 1
-        now = time.monotonic()
-        if now - self._refused_logged_at < 1.0:
-            return
-        more = self._refused_unlogged - 1
-        log.warning(
-            "[RTMP] [%s] refused: %d connections from %s already open (rtmp.max_connections_per_ip)%s",
-            peer, self._per_ip[ip], ip, f"; {more} more refused since the last line" if more else "",
+        self.summary.event(
+            logging.WARNING, "RTMP connection refused: too many open (rtmp.max_connections_per_ip)", ip,
+            f"[RTMP] [{peer}] refused: {self._per_ip[ip]} connections from {ip} already open "
+            "(rtmp.max_connections_per_ip)",
         )  # fmt: skip
-        self._refused_logged_at = now
-        self._refused_unlogged = 0
 
 
 class _Closed(Exception):
@@ -184,6 +189,15 @@ class _Closed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.level = level
+
+
+class _Refused(_Closed):
+    """Internal: a publish refused (wrong key, busy, ...); its status is sent after the key delay."""
+
+    def __init__(self, reason: str, stream_id: int, wrong_key: bool) -> None:
+        super().__init__(reason, logging.WARNING)
+        self.stream_id = stream_id
+        self.wrong_key = wrong_key
 
 
 class _Connection:
@@ -198,10 +212,13 @@ class _Connection:
         self.writer = writer
         self.peer = peer
         self.prefix = f"[RTMP] [{peer}]"
+        self.ip = peer.rsplit(":", 1)[0].strip("[]")
+        self.server = server
         self.task: asyncio.Task[Any] | None = None
         self.chunks = ChunkReader(self.config.max_message_bytes, self.config.max_chunk_size)
         self.out = ChunkWriter(compress=False)
         self._abort_reason: str | None = None
+        self._refused = False  # the connection ends because its publish was refused
         self.connected = False  # "connect" accepted
         self.app = ""
         self.next_stream_id = 1
@@ -234,10 +251,13 @@ class _Connection:
         reason, level = "closed", logging.INFO
         try:
             await self._handshake()
-            # Logged after the handshake, so a port scan or a stray HTTP request is one line, not two.
-            log.info("%s opened", self.prefix)
+            # Debug only: a refused publish is then one line (summarised per address), not two.
+            log.debug("%s opened", self.prefix)
             self.idle_since = time.monotonic()
             await self._read_loop()
+        except _Refused as exc:
+            reason, level = exc.reason, exc.level
+            await self._refuse(exc)
         except _Closed as exc:
             reason, level = exc.reason, exc.level
         except IngestError as exc:
@@ -255,9 +275,23 @@ class _Connection:
                 reason, level = self._abort_reason, logging.INFO
             self._close_sink(reason)
             self.writer.close()
-            log.log(level, "%s closed: %s", self.prefix, reason)
+            if self._refused:  # a key-guessing loop must cost one line a second, not two per try
+                kind = f"RTMP publish refused: {reason.rsplit('refused: ', 1)[-1]}"
+                self.server.summary.event(level, kind, self.ip, f"{self.prefix} closed: {reason}")
+            else:
+                log.log(level, "%s closed: %s", self.prefix, reason)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+
+    async def _refuse(self, refusal: _Refused) -> None:
+        """Send the refusal; after a wrong key, only once this address's growing delay has passed."""
+        self._refused = True
+        delay = self.server.key_failures.failed(self.ip) if refusal.wrong_key else 0.0
+        if delay:
+            await asyncio.sleep(delay)
+        self._send_status(refusal.stream_id, "error", "NetStream.Publish.BadName", "Publish refused.")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.drain(), 1.0)
 
     async def _handshake(self) -> None:
         timeout_s = self.config.handshake_timeout_s
@@ -450,8 +484,9 @@ class _Connection:
             sink = self.authority.open_publish(key, f"rtmp {self.peer}")
         except IngestError as exc:
             # The client gets a generic refusal; the log gets the reason (never the key).
-            self._send_status(stream_id, "error", "NetStream.Publish.BadName", "Publish refused.")
-            raise _Closed(f"publish rtmp://…/{self.app}/**** refused: {exc}", logging.WARNING) from None
+            wrong_key = not key or str(exc) == "unknown stream key"
+            reason = f"publish rtmp://…/{self.app}/**** refused: {exc}"
+            raise _Refused(reason, stream_id, wrong_key) from None
         self.sink = sink
         self.publish_stream_id = stream_id
         self.video_config = self.audio_config = None

@@ -13,9 +13,12 @@ import av
 
 from livevsr.ingest.base import VideoPacket
 from livevsr.pipeline.ring import FrameRing
+from livevsr.telemetry.logs import RepeatSummary
 from livevsr.telemetry.timing import FrameTiming
 
 log = logging.getLogger(__name__)
+# A publisher sending corrupt video gets one line a second, with the count, not one per packet.
+_corrupt = RepeatSummary(log)
 
 MAX_TIMINGS_IN_DECODER = 64  # far more than any decoder's reorder delay
 BACKLOG_PACKETS = 300  # ~10 s at 30 fps of compressed input waiting for the decoder
@@ -142,7 +145,10 @@ class DecodeThread:
                 frames = self._ctx.decode(pkt)
         except (av.error.FFmpegError, ValueError) as exc:
             if packet is not None:
-                log.warning("[%s] dropped a corrupt video packet: %s", self.name, exc)
+                _corrupt.event(
+                    logging.WARNING, "dropped corrupt video packets", f"stream {self.name}",
+                    f"[{self.name}] dropped a corrupt video packet: {exc}",
+                )  # fmt: skip
                 self._on_drop("decode_error", 1)
             return
         for frame in frames:

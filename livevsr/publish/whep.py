@@ -89,30 +89,52 @@ class WhepSession:
     pc: RTCPeerConnection
     subscriber: Subscriber
     audio: Subscriber | None = None
+    remote: str = ""  # the viewer's address, for the per-address cap
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class WhepServer:
-    """Creates and ends WHEP viewer sessions."""
+    """Creates and ends WHEP viewer sessions.
 
-    def __init__(self, max_viewers_per_stream: int) -> None:
+    A session whose peer never completes ICE and DTLS within ``connect_timeout_s`` is removed (a
+    POST alone must not hold a viewer slot), and one address holds at most ``max_sessions_per_ip``
+    sessions, so a single client cannot take every slot of a stream.
+    """
+
+    def __init__(
+        self, max_viewers_per_stream: int, *, max_sessions_per_ip: int = 10, connect_timeout_s: float = 10.0
+    ) -> None:
         self.max_viewers_per_stream = max_viewers_per_stream
+        self.max_sessions_per_ip = max_sessions_per_ip
+        self.connect_timeout_s = connect_timeout_s
         self.sessions: dict[str, WhepSession] = {}
+        self._closing: set[asyncio.Task] = set()  # timeouts being carried out (kept referenced)
+
+    def sessions_of(self, remote: str) -> int:
+        return sum(1 for s in self.sessions.values() if s.remote == remote)
 
     def _codecs(self, kind: str, mime_types: tuple[str, ...]) -> list:
         return [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType in mime_types]
 
-    async def create(self, stream: Stream, rendition: str, offer_sdp: str) -> tuple[WhepSession, str]:
-        """Answer ``offer_sdp``; raises OfferError for an offer we cannot serve."""
+    async def create(
+        self, stream: Stream, rendition: str, offer_sdp: str, remote: str = ""
+    ) -> tuple[WhepSession, str]:
+        """Answer ``offer_sdp``; raises OfferError for an offer we cannot serve, OverflowError when
+        the stream or the viewer's address has no slot left."""
         check_offer(offer_sdp)
         if stream.viewer_count >= self.max_viewers_per_stream:
             raise OverflowError(
                 f"stream {stream.name} has its maximum of {self.max_viewers_per_stream} viewers"
             )
+        if remote and self.sessions_of(remote) >= self.max_sessions_per_ip:
+            raise OverflowError(
+                f"{remote} already has {self.max_sessions_per_ip} viewer sessions open "
+                "(webrtc.max_sessions_per_ip); close one first"
+            )
         pc = RTCPeerConnection()
         subscriber = stream.broadcasters[rendition].subscribe()
         audio = stream.audio.subscribe() if wants_audio(offer_sdp) else None
-        session = WhepSession(uuid.uuid4().hex, stream, rendition, pc, subscriber, audio)
+        session = WhepSession(uuid.uuid4().hex, stream, rendition, pc, subscriber, audio, remote)
         try:
             transceiver = pc.addTransceiver(PacketTrack(stream, subscriber), direction="sendonly")
             transceiver.setCodecPreferences(self._codecs("video", ("video/H264", "video/rtx")))
@@ -137,6 +159,8 @@ class WhepServer:
             if pc.connectionState in ("failed", "closed"):
                 await self.close(session.id, f"connection {pc.connectionState}")
 
+        asyncio.get_running_loop().call_later(self.connect_timeout_s, self._check_connected, session)
+
         log.info(
             "[%s] WHEP viewer %s joined (%s%s), %d viewers",
             stream.name,
@@ -146,6 +170,13 @@ class WhepServer:
             stream.viewer_count,
         )
         return session, pc.localDescription.sdp
+
+    def _check_connected(self, session: WhepSession) -> None:
+        if session.id in self.sessions and session.pc.connectionState != "connected":
+            reason = f"ICE/DTLS not connected within {self.connect_timeout_s:g} s (webrtc.connect_timeout_s)"
+            task = asyncio.ensure_future(self.close(session.id, reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self, session_id: str, reason: str) -> bool:
         session = self.sessions.pop(session_id, None)

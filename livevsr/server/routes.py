@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 
@@ -9,13 +10,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livevsr import __version__
+from livevsr.config import HTTPConfig
 from livevsr.errors import IngestError
 from livevsr.ingest import whip as whip_ingest
 from livevsr.ingest.whip import WhipServer
+from livevsr.limits import Defences
 from livevsr.pipeline.manager import StreamManager
 from livevsr.publish.whep import WhepServer
 from livevsr.resources import data_dir
 from livevsr.sdp import OfferError
+from livevsr.server.guard import HttpGuard
 from livevsr.telemetry.metrics import LoopLagMonitor, Metrics
 
 log = logging.getLogger(__name__)
@@ -43,12 +47,15 @@ def _bearer_ok(request: web.Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-async def _read_offer(request: web.Request) -> str | web.Response:
+async def _read_offer(request: web.Request, timeout_s: float) -> str | web.Response:
     """The SDP offer of a WHIP/WHEP POST, or the error response to send instead."""
     if request.content_type != "application/sdp":
         return _error(415, "send the SDP offer with Content-Type: application/sdp")
     try:
-        return await request.text()
+        async with asyncio.timeout(timeout_s):  # a body trickled in byte by byte must not hold the socket
+            return await request.text()
+    except TimeoutError:
+        return _error(408, f"the SDP offer did not arrive within {timeout_s:g} s")
     except web.HTTPRequestEntityTooLarge:
         return _error(413, "SDP offer too large")
     except (UnicodeDecodeError, LookupError):  # not UTF-8, or an unknown charset parameter
@@ -83,10 +90,42 @@ def build_app(
     admin_token: str = "",
     ingest: dict | None = None,
     loop_lag: LoopLagMonitor | None = None,
+    defences: Defences | None = None,
+    guard: HttpGuard | None = None,
 ) -> web.Application:
-    """``ingest``: {"rtmp_port": int, "rtmp_app": str}, filled in once the RTMP server listens."""
+    """``ingest``: {"rtmp_port": int, "rtmp_app": str}, filled in once the RTMP server listens.
+    ``guard``: the connection guard whose middleware marks when a request's header is complete."""
     ingest = ingest if ingest is not None else {}
-    app = web.Application(client_max_size=MAX_SDP_BYTES)
+    limits = defences if defences is not None else Defences.from_config(HTTPConfig())
+    middlewares = [guard.middleware] if guard is not None else []
+    app = web.Application(client_max_size=MAX_SDP_BYTES, middlewares=middlewares)
+
+    def too_many(request: web.Request, what: str) -> web.Response | None:
+        """429 when this address creates sessions faster than http.sessions_per_ip_per_s allows."""
+        remote = request.remote or "unknown"
+        if limits.sessions.allow(remote):
+            return None
+        limits.summary.event(
+            logging.WARNING, f"{what} refused: too many requests (http.sessions_per_ip_per_s)", remote,
+            f"HTTP: {what} from {remote} refused: more than {limits.sessions.rate_per_s:g}/s "
+            "(http.sessions_per_ip_per_s)",
+        )  # fmt: skip
+        retry = max(1, round(limits.sessions.retry_after_s(remote) + 0.5))
+        return web.json_response(
+            {"error": f"too many requests from {remote}; retry in {retry} s"}, status=429,
+            headers={**CORS_HEADERS, "Retry-After": str(retry)},
+        )  # fmt: skip
+
+    async def refuse_key(request: web.Request, what: str, response: web.Response) -> web.Response:
+        """A wrong key or token: logged once per address and second, refused after a growing delay."""
+        remote = request.remote or "unknown"
+        kind = f"{what} refused: bad or missing token"
+        first = f"{what} refused from {remote}: bad or missing token"
+        limits.summary.event(logging.WARNING, kind, remote, first)
+        delay = limits.key_failures.failed(remote)
+        if delay:
+            await asyncio.sleep(delay)
+        return response
 
     async def index(request: web.Request) -> web.StreamResponse:
         page = WEB_DIR / "index.html"
@@ -102,17 +141,19 @@ def build_app(
         return await index(request)
 
     async def whep_post(request: web.Request) -> web.Response:
+        if (refused := too_many(request, "WHEP session")) is not None:
+            return refused
         if not _bearer_ok(request, viewer_token):
-            return _unauthorized()
+            return await refuse_key(request, "WHEP viewer", _unauthorized())
         stream = manager.get(request.match_info["name"])
         if stream is None:
             return _error(404, "no such stream")
         rendition = "source" if request.path.endswith("/source") else "upscaled"
-        offer = await _read_offer(request)
+        offer = await _read_offer(request, limits.body_timeout_s)
         if isinstance(offer, web.Response):
             return offer
         try:
-            session, answer = await whep.create(stream, rendition, offer)
+            session, answer = await whep.create(stream, rendition, offer, request.remote or "unknown")
         except OfferError as exc:
             return _error(400, str(exc))
         except OverflowError as exc:
@@ -130,8 +171,10 @@ def build_app(
 
     async def whip_post(request: web.Request) -> web.Response:
         assert whip is not None
+        if (refused := too_many(request, "WHIP publish")) is not None:
+            return refused
         token = whip_ingest.bearer_token(request.headers.get("Authorization"))
-        offer = await _read_offer(request)
+        offer = await _read_offer(request, limits.body_timeout_s)
         if isinstance(offer, web.Response):
             return offer
         try:
@@ -139,11 +182,10 @@ def build_app(
                 request.match_info.get("name"), token, offer, request.remote or "unknown"
             )
         except whip_ingest.AuthError:
-            log.warning("WHIP publish refused from %s: bad or missing token", request.remote)
-            return web.json_response(
+            return await refuse_key(request, "WHIP publish", web.json_response(
                 {"error": "unauthorized: set the stream key as the Bearer token"}, status=401,
                 headers={**CORS_HEADERS, "WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
+            ))  # fmt: skip
         except whip_ingest.NoSuchStream:
             return _error(404, "no such stream")
         except OfferError as exc:
@@ -164,8 +206,10 @@ def build_app(
     async def api_kick(request: web.Request) -> web.Response:
         if not admin_token:
             return _error(403, "the control API is disabled; set http.admin_token to enable it")
+        if (refused := too_many(request, "kick")) is not None:
+            return refused
         if not _bearer_ok(request, admin_token):
-            return _unauthorized()
+            return await refuse_key(request, "kick", _unauthorized())
         stream = manager.get(request.match_info["name"])
         if stream is None:
             return _error(404, "no such stream")
@@ -177,7 +221,7 @@ def build_app(
 
     async def api_streams(request: web.Request) -> web.Response:
         if not _bearer_ok(request, viewer_token):
-            return _unauthorized()
+            return await refuse_key(request, "stream list", _unauthorized())
         streams = [s.snapshot() for s in manager.streams.values()]
         if ingest.get("rtmp_port"):
             # The host the viewer reached us by is the host OBS should use (the key is never shown).
