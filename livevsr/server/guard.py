@@ -93,12 +93,12 @@ class _GuardedProtocol(asyncio.Protocol):
         self.handling = False  # a request's handler is running (its header is complete)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # No isinstance check: uvloop's transports do not derive from asyncio.Transport.
+        self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self._ip = str(peer[0]) if peer else "?"
         if not self._guard._admit(self._ip, self, transport):
-            transport.write(_BUSY)
+            self._transport.write(_BUSY)  # type: ignore[union-attr]
             transport.close()
             return
         self._inner = self._factory()
