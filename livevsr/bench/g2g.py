@@ -52,10 +52,24 @@ class _StopPublishing(Exception):
     """Raised from the frame hook to end the publisher early."""
 
 
+class _BarcodeHook:
+    """The publisher's frame hook: burns ``now_us()`` into each frame. It is pickled into the
+    publisher's child process, so it holds only the cell size and the shared counters."""
+
+    def __init__(self, shared: Any, cell_px: int) -> None:
+        self.shared, self.cell_px = shared, cell_px
+
+    def __call__(self, rgb: np.ndarray, index: int) -> None:
+        if self.shared[0]:
+            raise _StopPublishing
+        barcode.burn(rgb, barcode.now_us(), self.cell_px)
+        self.shared[1] = index + 1
+
+
 class BarcodePublisher:
     """``testing.publisher.publish`` in a thread, burning ``now_us()`` into each frame, until ``stop``.
 
-    ``publish`` encodes in a forked child, where the frame hook runs; the stop flag and the frame
+    ``publish`` encodes in a child process, where the frame hook runs; the stop flag and the frame
     count therefore live in shared memory.
     """
 
@@ -73,17 +87,12 @@ class BarcodePublisher:
     def frames(self) -> int:
         return int(self._shared[1])
 
-    def _hook(self, rgb: np.ndarray, index: int) -> None:
-        if self._shared[0]:
-            raise _StopPublishing
-        barcode.burn(rgb, barcode.now_us(), self.cell_px)
-        self._shared[1] = index + 1
-
     def _run(self) -> None:
         from livevsr.testing.publisher import publish
 
         try:
-            publish(self.url, self.width, self.height, self.fps, self.max_frames, frame_hook=self._hook)
+            hook = _BarcodeHook(self._shared, self.cell_px)
+            publish(self.url, self.width, self.height, self.fps, self.max_frames, frame_hook=hook)
         except _StopPublishing:
             pass
         except BaseException as exc:  # noqa: B036 - handed to whoever waits on stop()

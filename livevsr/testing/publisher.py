@@ -11,17 +11,25 @@ is converted to yuv420p after the hook, so draw with values that survive that (b
 Why a child process: PyAV opens the output (``avio_open``, which for rtmp:// runs FFmpeg's whole
 handshake and publish negotiation) while holding the GIL. A publisher thread in the same process
 as an asyncio RTMP server would freeze the server's loop while waiting for the server to answer:
-a deadlock. So ``publish`` runs the encoder and FFmpeg's RTMP client in a forked child by default,
+a deadlock. So ``publish`` runs the encoder and FFmpeg's RTMP client in a child process by default,
 and ``frame_hook`` runs there too. ``time.monotonic``/``time.time`` are the same clocks in the
 child, so timestamps it burns compare with the parent's; side effects on parent objects are lost
 (pass ``in_process=True`` when the server lives in another process and you need them).
+
+Why not a plain fork: the caller has live threads holding FFmpeg state (a server's decode/encode
+threads; PyAV keeps one swscale context with its own slice threads per Python thread that ever
+called ``VideoFrame.reformat``). A forked child gets none of those threads, yet CPython frees the
+other threads' thread-locals in the child right after fork(), and freeing such a swscale context
+waits on condition variables whose waiters stayed in the parent: the child hangs inside fork().
+So children come from multiprocessing's fork server, a clean single-threaded process (spawn where
+there is none); the arguments, ``frame_hook`` included, must therefore pickle (a module-level
+function or a picklable callable object).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
-import os
 import pickle
 import threading
 import time
@@ -109,7 +117,7 @@ def publish(
     Raises what PyAV raises (an ``av.error.FFmpegError``) when the server refuses the connection,
     the application or the key (a refused key gives ``av.error.PermissionError``, also an
     ``OSError``), or when the connection drops mid-stream.
-    Runs in a forked child process unless ``in_process`` (see the module docstring).
+    Runs in a child process unless ``in_process`` (see the module docstring).
     """
     args = (url, width, height, fps, frames, realtime, frame_hook, audio, gop)
     if in_process:
@@ -118,15 +126,6 @@ def publish(
 
 
 def _child_main(conn: multiprocessing.connection.Connection, args: tuple[Any, ...], stop: _Flag) -> None:
-    # Drop inherited descriptors (the parent's server sockets): a forked copy would keep the
-    # parent's TCP connections open after the parent closes them.
-    keep = {0, 1, 2, conn.fileno()}
-    for fd in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
-        if int(fd) not in keep:
-            try:
-                os.close(int(fd))
-            except OSError:
-                pass
     try:
         result: tuple[str, Any] = ("ok", _publish(*args, stop))
     except BaseException as exc:  # noqa: B036 - everything goes back to the parent
@@ -139,17 +138,17 @@ def _child_main(conn: multiprocessing.connection.Connection, args: tuple[Any, ..
     conn.close()
 
 
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # The server imports PyAV and numpy once; each publisher is then a cheap fork of it.
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def _run_in_child(args: tuple[Any, ...], stop: threading.Event | None) -> int:
-    # A plain fork copies whatever locks the server's threads (x264, FFmpeg, torch pools) hold at
-    # that instant, and the child can block on one forever; the forkserver forks from a clean
-    # single-threaded process instead. Closures as frame hooks cannot be pickled: those fork.
-    methods = multiprocessing.get_all_start_methods()
-    try:
-        pickle.dumps((args, stop is not None))
-        method = "forkserver" if "forkserver" in methods else "spawn"
-    except (pickle.PicklingError, AttributeError, TypeError):
-        method = "fork" if "fork" in methods else "spawn"
-    ctx = multiprocessing.get_context(method)
+    ctx = _context()
     parent_end, child_end = ctx.Pipe(duplex=False)
     child_stop = ctx.Event()
     process = ctx.Process(
